@@ -1,0 +1,5 @@
+"""WTForms classes, one module per area, on a shared BaseForm."""
+
+from webapp.forms.base import BaseForm
+
+__all__ = ["BaseForm"]

@@ -1,0 +1,33 @@
+"""The form every Casemail form derives from."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from flask_wtf import FlaskForm
+
+
+def _strip(value: Any) -> Any:
+    return value.strip() if isinstance(value, str) else value
+
+
+class BaseForm(FlaskForm):
+    """CSRF-protected form that trims surrounding white space from every text value."""
+
+    class Meta:
+        def bind_field(self, form: Any, unbound_field: Any, options: dict[str, Any]) -> Any:
+            filters = unbound_field.kwargs.get("filters", ())
+            if unbound_field.field_class.__name__ not in ("PasswordField", "FileField"):
+                unbound_field.kwargs["filters"] = (_strip, *filters)
+            return unbound_field.bind(form=form, **options)
+
+
+# Addresses under .test, .local and .localhost are normal for on-premises and test mail
+# servers; email_validator refuses them unless told otherwise (its documented module setting).
+_REFUSED_SPECIAL_DOMAINS = ["arpa", "invalid", "onion"]
+
+
+def allow_private_mail_domains() -> None:
+    import email_validator
+
+    email_validator.SPECIAL_USE_DOMAIN_NAMES[:] = _REFUSED_SPECIAL_DOMAINS

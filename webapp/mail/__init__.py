@@ -1,0 +1,1 @@
+"""Protocol adapters and message handling. No Flask here."""

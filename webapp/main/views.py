@@ -1,0 +1,42 @@
+from __future__ import annotations
+
+from flask import current_app, jsonify, render_template
+from flask_login import current_user
+from sqlalchemy import func, select, text
+
+from webapp.extensions import db, get_redis
+from webapp.main import bp
+from webapp.models import InboundMessage, User
+from webapp.security import any_role
+
+
+@bp.route("/")
+@any_role
+def index():
+    counts = {}
+    if current_user.has_role("admin"):
+        counts["users"] = db.session.scalar(select(func.count()).select_from(User))
+        counts["inbound"] = db.session.scalar(select(func.count()).select_from(InboundMessage))
+    return render_template(
+        "main/index.html",
+        counts=counts,
+        sandbox=current_app.config["CASEMAIL_DEV_SANDBOX"],
+    )
+
+
+@bp.route("/healthz")
+def healthz():
+    """For load balancers and `make run`: 200 when the database and Redis answer."""
+    checks = {}
+    try:
+        db.session.execute(text("SELECT 1"))
+        checks["database"] = "ok"
+    except Exception as exc:  # noqa: BLE001 - any failure means "not healthy", reported by class
+        checks["database"] = f"error: {type(exc).__name__}"
+    try:
+        get_redis().ping()
+        checks["redis"] = "ok"
+    except Exception as exc:  # noqa: BLE001
+        checks["redis"] = f"error: {type(exc).__name__}"
+    healthy = all(v == "ok" for v in checks.values())
+    return jsonify(status="ok" if healthy else "unhealthy", checks=checks), 200 if healthy else 503

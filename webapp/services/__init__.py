@@ -1,0 +1,1 @@
+"""Operations on the database. They flush, never commit; the caller commits once."""

@@ -1,0 +1,38 @@
+"""The first step of every incoming message: store the raw bytes."""
+
+from __future__ import annotations
+
+import hashlib
+
+from webapp.extensions import db
+from webapp.mail.summary import summarize
+from webapp.models import InboundMessage
+
+SOURCES = ("mta", "devmail")
+
+
+class IntakeError(ValueError):
+    """The message was refused before it was stored; the message says why."""
+
+
+def store_inbound(raw: bytes, source: str, max_size: int | None = None) -> InboundMessage:
+    """Store `raw` as an InboundMessage (flushed, not committed); raises IntakeError."""
+    if source not in SOURCES:
+        raise IntakeError(f"unknown source {source!r}")
+    if not raw.strip():
+        raise IntakeError("the message is empty")
+    if max_size is not None and len(raw) > max_size:
+        raise IntakeError(f"the message has {len(raw)} bytes, more than the limit of {max_size}")
+    summary = summarize(raw)
+    message = InboundMessage(
+        source=source,
+        message_id=summary.message_id,
+        subject=summary.subject,
+        from_address=summary.from_address,
+        sha256=hashlib.sha256(raw).hexdigest(),
+        size=len(raw),
+        raw=raw,
+    )
+    db.session.add(message)
+    db.session.flush()
+    return message

@@ -1,0 +1,85 @@
+"""Blueprints, navigation, error pages and what every page needs."""
+
+from __future__ import annotations
+
+from flask import Flask, current_app, jsonify, render_template, request
+from flask_login import current_user
+from werkzeug.exceptions import HTTPException
+
+from webapp.extensions import csrf, db, login_manager
+from webapp.forms.auth import ConfirmForm
+from webapp.models import Role
+from webapp.navigation import add_nav_item, nav_for
+from webapp.security import install_security_headers
+
+ALL_ROLES = (Role.ADMIN, Role.DESIGNER, Role.WORKER)
+
+
+def register_web(app: Flask) -> None:
+    from webapp.admin import bp as admin_bp
+    from webapp.api import bp as api_bp
+    from webapp.auth import bp as auth_bp
+    from webapp.main import bp as main_bp
+
+    login_manager.login_view = "auth.login"
+    login_manager.login_message = "Please sign in to see that page."
+    login_manager.login_message_category = "info"
+    login_manager.session_protection = "basic"
+
+    app.register_blueprint(auth_bp)
+    app.register_blueprint(main_bp)
+    app.register_blueprint(admin_bp)
+    app.register_blueprint(api_bp)
+    csrf.exempt(api_bp)  # bearer tokens only; see security.api_token_required
+
+    add_nav_item(app, "Dashboard", "main.index", ALL_ROLES, 0, "/$")
+    add_nav_item(app, "Users", "admin.users", (Role.ADMIN,), 80, "/admin/users")
+    add_nav_item(app, "System", "admin.system", (Role.ADMIN,), 90, "/admin/system")
+    if app.config["CASEMAIL_DEV_SANDBOX"]:
+        from webapp.devtools import bp as devtools_bp
+
+        app.register_blueprint(devtools_bp)
+        add_nav_item(app, "Mail sandbox", "devtools.mailbox", (Role.ADMIN,), 100, "/dev/")
+
+    install_security_headers(app)
+    _install_error_pages(app)
+
+    @app.context_processor
+    def _page_context() -> dict[str, object]:
+        nav = nav_for(current_app, current_user) if current_user.is_authenticated else []
+        return {
+            "nav_items": nav,
+            "logout_form": ConfirmForm(formdata=None),
+            "environment": current_app.config["CASEMAIL_ENV"],
+        }
+
+
+_MESSAGES = {
+    400: ("Bad request", "The form or link was not complete. Go back, reload the page and try again."),
+    403: ("Not allowed", "Your role does not give you access to this page. Ask an admin if you need it."),
+    404: ("Not found", "There is nothing at this address. It may have been removed, or the link is mistyped."),
+    405: ("Not allowed", "This address does not accept that kind of request."),
+    413: ("Too large", "The upload is larger than this server accepts."),
+    429: ("Slow down", "Too many requests. Wait a moment and try again."),
+    500: ("Something went wrong", "The error was logged. Try again; if it keeps happening, tell your admin."),
+}
+
+
+def _install_error_pages(app: Flask) -> None:
+    def render_error(code: int):
+        title, text = _MESSAGES.get(code, ("Error", "The request could not be completed."))
+        if request.path.startswith("/api/"):
+            return jsonify(error=title.lower().replace(" ", "_"), message=text), code
+        return render_template("errors/error.html", code=code, title=title, text=text), code
+
+    @app.errorhandler(HTTPException)
+    def _http_error(exc: HTTPException):
+        if exc.code is None or exc.code < 400:
+            return exc
+        return render_error(exc.code)
+
+    @app.errorhandler(Exception)
+    def _unexpected(exc: Exception):
+        db.session.rollback()
+        app.logger.exception("unhandled error on %s %s", request.method, request.path)
+        return render_error(500)
