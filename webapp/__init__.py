@@ -10,8 +10,8 @@ from typing import Any
 from flask import Flask
 
 from webapp.config import load_config
-from webapp.forms.base import allow_private_mail_domains
 from webapp.extensions import bootstrap, csrf, db, init_redis, login_manager, migrate
+from webapp.forms.base import allow_private_mail_domains
 
 
 def create_app(config: Mapping[str, Any] | None = None) -> Flask:
@@ -35,7 +35,9 @@ def create_app(config: Mapping[str, Any] | None = None) -> Flask:
 
     allow_private_mail_domains()
     db.init_app(app)
-    migrate.init_app(app, db, directory=os.path.abspath(os.path.join(app.root_path, "..", "migrations")))
+    migrate.init_app(
+        app, db, directory=os.path.abspath(os.path.join(app.root_path, "..", "migrations"))
+    )
     csrf.init_app(app)
     login_manager.init_app(app)
     bootstrap.init_app(app)

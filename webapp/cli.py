@@ -143,6 +143,7 @@ def demo_seed() -> None:
 
     password_file = Path(current_app.instance_path) / "demo-admin-password"
     user = find_user(DEMO_ADMIN)
+    reset_hint = f"reset it with `flask users password {DEMO_ADMIN}`"
     if user is None:
         password = secrets.token_urlsafe(12)
         create_user(DEMO_ADMIN, password, Role.ADMIN, name="Demo Admin")
@@ -150,13 +151,12 @@ def demo_seed() -> None:
         fd = os.open(password_file, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
         with os.fdopen(fd, "w") as fh:
             fh.write(password + "\n")
-    elif password_file.exists():
-        password = password_file.read_text().strip()
-        if not verify_password(user, password):
-            password = "(changed since it was generated; reset it with `flask users password`)"
+        shown = password
+    elif password_file.exists() and verify_password(user, password_file.read_text().strip()):
+        shown = password_file.read_text().strip()
     else:
-        password = "(unknown; reset it with `flask users password admin@casemail.test`)"
-    click.echo(f"Sign in as {DEMO_ADMIN} with password: {password}")
+        shown = f"(changed since it was generated; {reset_hint})"
+    click.echo(f"Sign in as {DEMO_ADMIN} with password: {shown}")
 
 
 def register_cli(app: Flask) -> None:

@@ -24,7 +24,7 @@ def normalise_database_url(url: str) -> str:
     """Map the URL schemes people paste (postgres://, postgresql://) to the psycopg 3 driver."""
     for prefix in ("postgres://", "postgresql://"):
         if url.startswith(prefix):
-            return "postgresql+psycopg://" + url[len(prefix):]
+            return "postgresql+psycopg://" + url[len(prefix) :]
     return url
 
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 from flask import Flask, current_app
 from flask_bootstrap import Bootstrap5
 from flask_login import LoginManager
@@ -29,6 +31,13 @@ class Base(DeclarativeBase):
 
 
 db = SQLAlchemy(model_class=Base)
+
+# db.Model is built at run time, so type checkers cannot see it; they see the declarative base
+# it derives from, which gives them the same mapped attributes.
+if TYPE_CHECKING:
+    Model = Base
+else:
+    Model = db.Model
 migrate = Migrate(render_as_batch=True, compare_type=True)
 csrf = CSRFProtect()
 login_manager = LoginManager()
@@ -38,7 +47,7 @@ _REDIS_KEY = "casemail.redis"
 
 
 @event.listens_for(Engine, "connect")
-def _sqlite_pragmas(dbapi_connection, connection_record) -> None:  # noqa: ARG001
+def _sqlite_pragmas(dbapi_connection, connection_record) -> None:
     """WAL lets the web and the workers read while one writes; foreign keys are off by default."""
     module = type(dbapi_connection).__module__
     if not module.startswith("sqlite3"):

@@ -37,7 +37,9 @@ class SecretBox:
         try:
             return self._fernet.rotate(token.encode("ascii")).decode("ascii")
         except InvalidToken:
-            raise SecretError("a stored secret cannot be decrypted with any configured key") from None
+            raise SecretError(
+                "a stored secret cannot be decrypted with any configured key"
+            ) from None
 
 
 def get_secretbox(app: Flask | None = None) -> SecretBox:

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from flask import Flask, current_app, jsonify, render_template, request
+from flask import Flask, current_app, flash, jsonify, redirect, render_template, request, url_for
 from flask_login import current_user
 from werkzeug.exceptions import HTTPException
 
@@ -21,10 +21,8 @@ def register_web(app: Flask) -> None:
     from webapp.auth import bp as auth_bp
     from webapp.main import bp as main_bp
 
-    login_manager.login_view = "auth.login"
-    login_manager.login_message = "Please sign in to see that page."
-    login_manager.login_message_category = "info"
     login_manager.session_protection = "basic"
+    login_manager.unauthorized_handler(_unauthorized)
 
     app.register_blueprint(auth_bp)
     app.register_blueprint(main_bp)
@@ -54,14 +52,36 @@ def register_web(app: Flask) -> None:
         }
 
 
+def _unauthorized():
+    """Send visitors to the sign-in page, and back where they were going afterwards."""
+    if request.path.startswith("/api/"):
+        return jsonify(error="unauthorized", message="A valid API token is required."), 401
+    if request.path != "/":
+        flash("Please sign in to see that page.", "info")
+    target = request.full_path if request.query_string else request.path
+    return redirect(url_for("auth.login", next=target))
+
+
 _MESSAGES = {
-    400: ("Bad request", "The form or link was not complete. Go back, reload the page and try again."),
-    403: ("Not allowed", "Your role does not give you access to this page. Ask an admin if you need it."),
-    404: ("Not found", "There is nothing at this address. It may have been removed, or the link is mistyped."),
+    400: (
+        "Bad request",
+        "The form or link was not complete. Go back, reload the page and try again.",
+    ),
+    403: (
+        "Not allowed",
+        "Your role does not give you access to this page. Ask an admin if you need it.",
+    ),
+    404: (
+        "Not found",
+        "There is nothing at this address. It may have been removed, or the link is mistyped.",
+    ),
     405: ("Not allowed", "This address does not accept that kind of request."),
     413: ("Too large", "The upload is larger than this server accepts."),
     429: ("Slow down", "Too many requests. Wait a moment and try again."),
-    500: ("Something went wrong", "The error was logged. Try again; if it keeps happening, tell your admin."),
+    500: (
+        "Something went wrong",
+        "The error was logged. Try again; if it keeps happening, tell your admin.",
+    ),
 }
 
 

@@ -30,7 +30,7 @@ class SandboxHandler:
         self.sandbox = Sandbox(app.config["CASEMAIL_DEV_MAILDIR"])
         self.intake = {address_base(a) for a in app.config["CASEMAIL_DEV_INTAKE"]}
 
-    async def handle_DATA(self, server: SMTP, session: Session, envelope: Envelope) -> str:  # noqa: N802
+    async def handle_DATA(self, server: SMTP, session: Session, envelope: Envelope) -> str:
         raw: bytes = envelope.original_content or b""
         recipients = [str(r) for r in envelope.rcpt_tos]
         note = ""

@@ -16,7 +16,10 @@ log = logging.getLogger(__name__)
 
 # A forking worker pays ~8 ms per job for the fork; mail jobs are short and numerous, so the
 # default is the in-process SimpleWorker. `--fork` isolates each job in a child process instead.
-WORKER_CLASSES: dict[str, type[Worker]] = {"simple": SimpleWorker, "fork": Worker}
+WORKER_CLASSES: dict[str, type[Worker] | type[SimpleWorker]] = {
+    "simple": SimpleWorker,
+    "fork": Worker,
+}
 
 
 def run_worker(

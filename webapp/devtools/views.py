@@ -71,7 +71,10 @@ def _render_list(sandbox: Sandbox, form: ComposeForm):
         form=form,
         confirm_form=ConfirmForm(),
         intake=current_app.config["CASEMAIL_DEV_INTAKE"],
-        smtp=(current_app.config["CASEMAIL_DEV_SMTP_HOST"], current_app.config["CASEMAIL_DEV_SMTP_PORT"]),
+        smtp=(
+            current_app.config["CASEMAIL_DEV_SMTP_HOST"],
+            current_app.config["CASEMAIL_DEV_SMTP_PORT"],
+        ),
     )
 
 

@@ -6,7 +6,7 @@ from wtforms import BooleanField, EmailField, PasswordField, StringField, Submit
 from wtforms.validators import DataRequired, EqualTo, Length
 
 from webapp.forms.base import BaseForm
-from webapp.services.users import MIN_PASSWORD_LENGTH
+from webapp.services.users import MIN_PASSWORD_LENGTH, PASSWORD_LENGTH_MESSAGE
 
 
 class LoginForm(BaseForm):
@@ -20,7 +20,10 @@ class ChangePasswordForm(BaseForm):
     current_password = PasswordField("Current password", validators=[DataRequired()])
     new_password = PasswordField(
         "New password",
-        validators=[DataRequired(), Length(min=MIN_PASSWORD_LENGTH, max=1000)],
+        validators=[
+            DataRequired(),
+            Length(min=MIN_PASSWORD_LENGTH, max=1000, message=PASSWORD_LENGTH_MESSAGE),
+        ],
         description=f"At least {MIN_PASSWORD_LENGTH} characters.",
     )
     confirm = PasswordField(

@@ -16,10 +16,10 @@ class BaseForm(FlaskForm):
 
     class Meta:
         def bind_field(self, form: Any, unbound_field: Any, options: dict[str, Any]) -> Any:
-            filters = unbound_field.kwargs.get("filters", ())
-            if unbound_field.field_class.__name__ not in ("PasswordField", "FileField"):
-                unbound_field.kwargs["filters"] = (_strip, *filters)
-            return unbound_field.bind(form=form, **options)
+            if unbound_field.field_class.__name__ in ("PasswordField", "FileField"):
+                return unbound_field.bind(form=form, **options)
+            filters = (_strip, *unbound_field.kwargs.get("filters", ()))
+            return unbound_field.bind(form=form, filters=filters, **options)
 
 
 # Addresses under .test, .local and .localhost are normal for on-premises and test mail

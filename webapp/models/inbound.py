@@ -8,7 +8,7 @@ from datetime import datetime
 from sqlalchemy import LargeBinary, String, Text
 from sqlalchemy.orm import Mapped, mapped_column
 
-from webapp.extensions import db
+from webapp.extensions import Model
 from webapp.models.types import UTCDateTime, utcnow
 
 
@@ -18,7 +18,7 @@ class InboundStatus(enum.StrEnum):
     QUARANTINED = "quarantined"
 
 
-class InboundMessage(db.Model):
+class InboundMessage(Model):
     __tablename__ = "inbound_messages"
 
     id: Mapped[int] = mapped_column(primary_key=True)
@@ -31,6 +31,8 @@ class InboundMessage(db.Model):
     sha256: Mapped[str] = mapped_column(String(64), index=True)
     size: Mapped[int]
     raw: Mapped[bytes] = mapped_column(LargeBinary)
-    status: Mapped[str] = mapped_column(String(20), default=InboundStatus.RECEIVED.value, index=True)
+    status: Mapped[str] = mapped_column(
+        String(20), default=InboundStatus.RECEIVED.value, index=True
+    )
     status_reason: Mapped[str] = mapped_column(Text, default="")
     received_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow, index=True)

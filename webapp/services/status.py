@@ -79,5 +79,7 @@ def system_status() -> SystemStatus:
             status.heartbeat_age = max(0.0, time.time() - float(beat))
     except RedisError as exc:
         current_app.logger.warning("system status: Redis error %s", type(exc).__name__)
-        status.redis_error = f"{type(exc).__name__}: Redis at the configured REDIS_URL does not answer"
+        status.redis_error = (
+            f"{type(exc).__name__}: Redis at the configured REDIS_URL does not answer"
+        )
     return status

@@ -14,8 +14,9 @@ from webapp.models import ApiToken, Role, User
 from webapp.models.types import utcnow
 
 _hasher = PasswordHasher()
-TOKEN_PREFIX = "cm_"
+TOKEN_PREFIX = "cm_"  # noqa: S105 - marks our tokens; not a secret
 MIN_PASSWORD_LENGTH = 10
+PASSWORD_LENGTH_MESSAGE = f"Use at least {MIN_PASSWORD_LENGTH} characters (and at most 1000)."
 
 
 class UserError(ValueError):
@@ -93,9 +94,12 @@ def authenticate(email: str, password: str) -> User | None:
 
 
 def count_admins() -> int:
-    return db.session.scalar(
-        select(func.count()).select_from(User).where(User.role == Role.ADMIN, User.active)
-    ) or 0
+    return (
+        db.session.scalar(
+            select(func.count()).select_from(User).where(User.role == Role.ADMIN, User.active)
+        )
+        or 0
+    )
 
 
 def update_user(user: User, *, role: str, active: bool, name: str, acting: User) -> None:
