@@ -1,0 +1,7 @@
+pytest_plugins = [
+    "tests.fixtures.netguard",
+    "tests.fixtures.app",
+    "tests.fixtures.tls",
+    "tests.fixtures.smtp",
+    "tests.fixtures.browser",
+]

@@ -1,0 +1,73 @@
+"""The app boots on both databases and answers like a product: health, headers, error pages."""
+
+from __future__ import annotations
+
+from tests.fixtures.app import both_databases
+
+
+@both_databases
+def test_health_check_reports_database_and_redis(client, app):
+    response = client.get("/healthz")
+    assert response.status_code == 200
+    assert response.json == {"status": "ok", "checks": {"database": "ok", "redis": "ok"}}
+
+
+def test_health_check_reports_redis_down(app_settings, redis_client):
+    from webapp import create_app
+    from webapp.extensions import db
+
+    app = create_app({**app_settings, "REDIS_URL": "redis://127.0.0.1:1/0"})
+    with app.app_context():
+        db.create_all()
+    response = app.test_client().get("/healthz")
+    assert response.status_code == 503
+    assert response.json["checks"]["redis"].startswith("error")
+    assert response.json["checks"]["database"] == "ok"
+
+
+def test_anonymous_visitor_is_sent_to_sign_in(client):
+    response = client.get("/")
+    assert response.status_code == 302
+    assert response.headers["Location"].startswith("/login?next=")
+
+
+def test_pages_carry_security_headers(client):
+    response = client.get("/login")
+    csp = response.headers["Content-Security-Policy"]
+    assert "default-src 'self'" in csp and "frame-ancestors 'none'" in csp
+    assert response.headers["X-Content-Type-Options"] == "nosniff"
+    assert response.headers["X-Frame-Options"] == "DENY"
+
+
+def test_pages_load_assets_from_the_app_not_a_cdn(client):
+    html = client.get("/login").get_data(as_text=True)
+    assert "cdn.jsdelivr" not in html and "https://" not in html
+    assert "/bootstrap/static/css/bootstrap.min.css" in html
+    assert client.get("/bootstrap/static/css/bootstrap.min.css").status_code == 200
+    assert client.get("/static/casemail.css").status_code == 200
+
+
+def test_unknown_page_is_a_friendly_404(client, login_as):
+    login_as("worker")
+    response = client.get("/no/such/page")
+    assert response.status_code == 404
+    assert "There is nothing at this address" in response.get_data(as_text=True)
+
+
+def test_api_errors_are_json(client):
+    response = client.get("/api/v1/nothing-here")
+    assert response.status_code == 404
+    assert response.json["error"] == "not_found"
+
+
+def test_unexpected_error_is_logged_and_shows_500_page(app, client, login_as, caplog):
+    @app.route("/boom")
+    def boom():
+        raise RuntimeError("kaboom")
+
+    login_as("worker")
+    response = client.get("/boom")
+    assert response.status_code == 500
+    assert "Something went wrong" in response.get_data(as_text=True)
+    assert "kaboom" not in response.get_data(as_text=True)
+    assert any("unhandled error" in r.message for r in caplog.records)

@@ -1,0 +1,68 @@
+from __future__ import annotations
+
+import stat
+
+import pytest
+from cryptography.fernet import Fernet
+
+from webapp.config import ConfigError, load_config, normalise_database_url
+
+
+def test_development_generates_keys_once_into_the_instance_folder(tmp_path):
+    first = load_config({}, str(tmp_path))
+    second = load_config({}, str(tmp_path))
+    assert first["SECRET_KEY"] == second["SECRET_KEY"] and len(first["SECRET_KEY"]) == 64
+    assert first["CASEMAIL_SECRET_KEYS"] == second["CASEMAIL_SECRET_KEYS"]
+    for name in ("secret_key", "secret_keys"):
+        mode = stat.S_IMODE((tmp_path / name).stat().st_mode)
+        assert mode == 0o600, oct(mode)
+    assert first["SQLALCHEMY_DATABASE_URI"] == f"sqlite:///{tmp_path / 'casemail.db'}"
+    assert first["SESSION_COOKIE_SECURE"] is False
+    assert first["CASEMAIL_DEV_SANDBOX"] is True
+
+
+def test_production_requires_both_secrets(tmp_path):
+    with pytest.raises(ConfigError, match="SECRET_KEY and CASEMAIL_SECRET_KEYS must be set"):
+        load_config({"CASEMAIL_ENV": "production"}, str(tmp_path))
+    with pytest.raises(ConfigError, match=r"^CASEMAIL_SECRET_KEYS must be set"):
+        load_config({"CASEMAIL_ENV": "production", "SECRET_KEY": "x"}, str(tmp_path))
+    assert not (tmp_path / "secret_key").exists()
+
+
+def test_production_defaults_are_safe(tmp_path):
+    key = Fernet.generate_key().decode()
+    config = load_config(
+        {"CASEMAIL_ENV": "production", "SECRET_KEY": "s", "CASEMAIL_SECRET_KEYS": f" {key} ,"},
+        str(tmp_path),
+    )
+    assert config["CASEMAIL_SECRET_KEYS"] == [key]
+    assert config["SESSION_COOKIE_SECURE"] is True
+    assert config["CASEMAIL_DEV_SANDBOX"] is False
+
+
+def test_a_malformed_key_is_named_without_echoing_it(tmp_path):
+    with pytest.raises(ConfigError) as info:
+        load_config({"CASEMAIL_SECRET_KEYS": "hunter2"}, str(tmp_path))
+    assert "not a Fernet key" in str(info.value) and "hunter2" not in str(info.value)
+
+
+@pytest.mark.parametrize(
+    ("given", "expected"),
+    [
+        ("postgres://u@h/db", "postgresql+psycopg://u@h/db"),
+        ("postgresql://u@h:5432/db", "postgresql+psycopg://u@h:5432/db"),
+        ("postgresql+psycopg://u@h/db", "postgresql+psycopg://u@h/db"),
+        ("sqlite:////var/lib/casemail.db", "sqlite:////var/lib/casemail.db"),
+    ],
+)
+def test_database_urls_are_mapped_to_the_psycopg_driver(given, expected):
+    assert normalise_database_url(given) == expected
+
+
+def test_bad_values_are_named(tmp_path):
+    with pytest.raises(ConfigError, match="CASEMAIL_ENV must be one of"):
+        load_config({"CASEMAIL_ENV": "prod"}, str(tmp_path))
+    with pytest.raises(ConfigError, match="CASEMAIL_DEV_SMTP_PORT must be a whole number"):
+        load_config({"CASEMAIL_DEV_SMTP_PORT": "25x"}, str(tmp_path))
+    with pytest.raises(ConfigError, match="yes/no"):
+        load_config({"CASEMAIL_COOKIE_SECURE": "maybe"}, str(tmp_path))
