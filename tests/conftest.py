@@ -3,5 +3,6 @@ pytest_plugins = [
     "tests.fixtures.app",
     "tests.fixtures.tls",
     "tests.fixtures.smtp",
+    "tests.fixtures.dovecot",
     "tests.fixtures.browser",
 ]
