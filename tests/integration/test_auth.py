@@ -11,29 +11,20 @@ PUBLIC_ENDPOINTS = {"auth.login", "main.healthz", "static", "bootstrap.static"}
 ADMIN_PREFIXES = ("/admin", "/dev")
 
 
-def _get_routes(app: Flask) -> list[tuple[str, str]]:
-    """Every GET route with sample values for its arguments."""
-    routes = []
-    for rule in app.url_map.iter_rules():
-        if rule.endpoint in PUBLIC_ENDPOINTS or "GET" not in (rule.methods or ()):
-            continue
-        path = rule.rule
-        for argument in rule.arguments:
-            path = path.replace(f"<int:{argument}>", "1").replace(f"<{argument}>", "x")
-        routes.append((rule.endpoint, path))
-    return routes
+def _sample_path(rule) -> str:
+    path = rule.rule
+    for argument in rule.arguments:
+        path = path.replace(f"<int:{argument}>", "1").replace(f"<{argument}>", "x")
+    return path
 
 
-def _post_routes(app: Flask) -> list[str]:
-    paths = []
-    for rule in app.url_map.iter_rules():
-        if "POST" not in (rule.methods or ()) or rule.endpoint in PUBLIC_ENDPOINTS:
-            continue
-        path = rule.rule
-        for argument in rule.arguments:
-            path = path.replace(f"<int:{argument}>", "1").replace(f"<{argument}>", "x")
-        paths.append(path)
-    return paths
+def _routes(app: Flask, method: str) -> list[tuple[str, str]]:
+    """Every non-public route taking `method`, with sample values for its arguments."""
+    return [
+        (rule.endpoint, _sample_path(rule))
+        for rule in app.url_map.iter_rules()
+        if method in (rule.methods or ()) and rule.endpoint not in PUBLIC_ENDPOINTS
+    ]
 
 
 @both_databases
@@ -136,7 +127,7 @@ def test_production_cookies_are_secure(app_settings, redis_client, monkeypatch):
 
 
 def test_every_page_needs_sign_in(app, client):
-    routes = _get_routes(app)
+    routes = _routes(app, "GET")
     assert len(routes) > 5
     for endpoint, path in routes:
         response = client.get(path)
@@ -151,7 +142,7 @@ def test_every_page_needs_sign_in(app, client):
 def test_admin_pages_refuse_other_roles(app, client, login_as, role):
     login_as(role)
     checked = 0
-    for endpoint, path in _get_routes(app):
+    for endpoint, path in _routes(app, "GET"):
         if path.startswith(ADMIN_PREFIXES):
             assert client.get(path).status_code == 403, endpoint
             checked += 1
@@ -160,8 +151,8 @@ def test_admin_pages_refuse_other_roles(app, client, login_as, role):
 
 def test_every_form_post_needs_a_csrf_token(app, client, login_as):
     login_as("admin")
-    for path in _post_routes(app):
+    for endpoint, path in _routes(app, "POST"):
         if path.startswith("/api/"):
             continue
         response = client.post(path, data={"anything": "x"})
-        assert response.status_code == 400, (path, response.status_code)
+        assert response.status_code == 400, (endpoint, response.status_code)

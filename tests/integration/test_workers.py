@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import signal
 import subprocess
 import sys
@@ -29,6 +30,25 @@ def _wait_for(predicate, timeout: float = 15.0, what: str = "condition") -> None
     raise AssertionError(f"timed out waiting for {what}")
 
 
+def _run_until(command: list[str], env: dict[str, str], ready, what: str) -> str:
+    """Start `command`, wait until `ready()`, send SIGTERM; returns its output after it exits 0."""
+    proc = subprocess.Popen(
+        [sys.executable, "-m", *command],
+        cwd=ROOT,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+    )
+    try:
+        _wait_for(ready, what=what)
+        proc.send_signal(signal.SIGTERM)
+        output, _ = proc.communicate(timeout=30)
+    finally:
+        proc.kill()
+    assert proc.returncode == 0, output.decode()
+    return output.decode()
+
+
 def test_burst_worker_runs_a_heartbeat_and_the_admin_sees_it(app, client, login_as):
     login_as("admin")
     page = client.get("/admin/system").get_data(as_text=True)
@@ -36,7 +56,9 @@ def test_burst_worker_runs_a_heartbeat_and_the_admin_sees_it(app, client, login_
     Queue(DEFAULT, connection=get_redis(app)).enqueue(jobs.record_heartbeat)
     assert run_worker(app, ALL_QUEUES, burst=True) is True
     page = client.get("/admin/system").get_data(as_text=True)
-    assert "Running" in page and "Last heartbeat 0 s ago." in page
+    assert "Running" in page
+    age = re.search(r"Last heartbeat (\d+) s ago\.", page)
+    assert age is not None and int(age.group(1)) < 10
     for name in ALL_QUEUES:
         assert f"<td>{name}</td>" in page
 
@@ -51,40 +73,21 @@ def test_unknown_queue_name_is_refused(app):
 def test_worker_finishes_its_job_on_sigterm_then_exits(app, app_env):
     redis = get_redis(app)
     Queue(DEFAULT, connection=redis).enqueue(slow_mark, "casemail:test:slow", 1.5)
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "flask", "worker"],
-        cwd=ROOT,
-        env=app_env,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
+    _run_until(
+        ["flask", "worker"],
+        app_env,
+        lambda: redis.get("casemail:test:slow:started"),
+        "the job to start",
     )
-    try:
-        _wait_for(lambda: redis.get("casemail:test:slow:started"), what="the job to start")
-        proc.send_signal(signal.SIGTERM)
-        output, _ = proc.communicate(timeout=30)
-    finally:
-        proc.kill()
-    assert proc.returncode == 0, output.decode()
     assert redis.get("casemail:test:slow") == b"done"
 
 
 def test_scheduler_enqueues_heartbeats_and_stops_on_sigterm(app, app_env):
     redis = get_redis(app)
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "flask", "scheduler"],
-        cwd=ROOT,
-        env=app_env,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
+    queue = Queue(DEFAULT, connection=redis)
+    _run_until(
+        ["flask", "scheduler"], app_env, lambda: queue.count >= 1, "a heartbeat job to be enqueued"
     )
-    try:
-        queue = Queue(DEFAULT, connection=redis)
-        _wait_for(lambda: queue.count >= 1, what="a heartbeat job to be enqueued")
-        proc.send_signal(signal.SIGTERM)
-        output, _ = proc.communicate(timeout=30)
-    finally:
-        proc.kill()
-    assert proc.returncode == 0, output.decode()
     assert queue.jobs[0].func_name == "workers.jobs.record_heartbeat"
     assert redis.get(HEARTBEAT_KEY) is None  # enqueued, but no worker ran it yet
     run_worker(app, [DEFAULT], burst=True)
@@ -94,17 +97,4 @@ def test_scheduler_enqueues_heartbeats_and_stops_on_sigterm(app, app_env):
 def test_python_m_workers_is_the_same_worker(app, app_env):
     redis = get_redis(app)
     Queue(DEFAULT, connection=redis).enqueue(jobs.record_heartbeat)
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "workers"],
-        cwd=ROOT,
-        env=app_env,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-    )
-    try:
-        _wait_for(lambda: redis.get(HEARTBEAT_KEY) is not None, what="the heartbeat")
-        proc.send_signal(signal.SIGTERM)
-        output, _ = proc.communicate(timeout=30)
-    finally:
-        proc.kill()
-    assert proc.returncode == 0, output.decode()
+    _run_until(["workers"], app_env, lambda: redis.get(HEARTBEAT_KEY) is not None, "the heartbeat")
