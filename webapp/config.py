@@ -13,6 +13,8 @@ from typing import Any
 
 from cryptography.fernet import Fernet
 
+from webapp.mail.hostpolicy import HostRefused, parse_policy
+
 ENVIRONMENTS = ("development", "production", "testing")
 
 
@@ -106,6 +108,11 @@ def load_config(env: Mapping[str, str], instance_path: str) -> dict[str, Any]:
                 "`flask secrets generate-key`)"
             ) from None
 
+    try:
+        host_policy = parse_policy(env.get("CASEMAIL_MAIL_HOST_POLICY"))
+    except HostRefused as exc:
+        raise ConfigError(str(exc)) from None
+
     database_url = env.get("DATABASE_URL") or f"sqlite:///{instance / 'casemail.db'}"
     cookie_secure = _flag(env.get("CASEMAIL_COOKIE_SECURE"), default=production)
 
@@ -120,6 +127,7 @@ def load_config(env: Mapping[str, str], instance_path: str) -> dict[str, Any]:
         "REDIS_URL": env.get("REDIS_URL", "redis://127.0.0.1:6379/0"),
         "CASEMAIL_BASE_URL": env.get("CASEMAIL_BASE_URL", "http://127.0.0.1:5000").rstrip("/"),
         "CASEMAIL_MESSAGE_ID_DOMAIN": env.get("CASEMAIL_MESSAGE_ID_DOMAIN", "casemail.local"),
+        "CASEMAIL_MAIL_HOST_POLICY": host_policy,
         "CASEMAIL_DEV_SANDBOX": _flag(env.get("CASEMAIL_DEV_SANDBOX"), default=not production),
         "CASEMAIL_DEV_SMTP_HOST": env.get("CASEMAIL_DEV_SMTP_HOST", "127.0.0.1"),
         "CASEMAIL_DEV_SMTP_PORT": _int(env, "CASEMAIL_DEV_SMTP_PORT", 8025),

@@ -1,0 +1,132 @@
+"""SMTP connections for sending: connect, secure, sign in (password or XOAUTH2)."""
+
+from __future__ import annotations
+
+import contextlib
+import smtplib
+import socket
+import ssl
+from dataclasses import dataclass
+
+from webapp.mail.connect import (
+    INSECURE,
+    ConnectivityError,
+    Endpoint,
+    explain,
+    open_socket,
+    tls_version,
+)
+from webapp.mail.hostpolicy import HostPolicy
+
+MODE_LABELS = {
+    "none": "Connect using default",
+    "starttls": "Connect using STARTTLS",
+    "smtps": "Connect using SMTPS",
+}
+
+
+@dataclass(frozen=True)
+class SmtpLogin:
+    user: str
+    password: str | None = None
+    oauth_token: str | None = None
+    plain_disabled: bool = False
+    login_disabled: bool = False
+
+
+class _SMTP(smtplib.SMTP):
+    """smtplib's client, connecting through a policy-checked socket."""
+
+    _host: str
+
+    def __init__(self, endpoint: Endpoint, policy: HostPolicy, local_hostname: str | None) -> None:
+        self._endpoint = endpoint
+        self._policy = policy
+        super().__init__(local_hostname=local_hostname, timeout=endpoint.read_timeout)
+        # STARTTLS checks the certificate against this name; smtplib only sets it when the
+        # constructor connects.
+        self._host = endpoint.host
+
+    def _get_socket(self, host: str, port: int, timeout: float) -> socket.socket:
+        sock = open_socket(self._endpoint, self._policy)
+        if self._endpoint.security == "smtps":
+            return self._endpoint.tls_context().wrap_socket(
+                sock, server_hostname=self._endpoint.host
+            )
+        return sock
+
+
+def _sign_in(client: _SMTP, login: SmtpLogin) -> None:
+    offered = client.esmtp_features.get("auth", "").upper().split()
+    if login.oauth_token is not None:
+        if "XOAUTH2" not in offered:
+            raise ConnectivityError("The server does not offer XOAUTH2 sign-in.")
+        blob = f"user={login.user}\x01auth=Bearer {login.oauth_token}\x01\x01"
+        # After a refused token the server sends a JSON challenge; the answer must be empty.
+        answers = iter([blob, ""])
+        client.auth("XOAUTH2", lambda challenge=None: next(answers), initial_response_ok=True)
+        return
+    allowed = [
+        mechanism
+        for mechanism, disabled in (
+            ("PLAIN", login.plain_disabled),
+            ("LOGIN", login.login_disabled),
+        )
+        if not disabled and mechanism in offered
+    ]
+    if not allowed:
+        raise ConnectivityError(
+            "The server offers no password sign-in this account may use "
+            f"(offered: {', '.join(offered) or 'none'})."
+        )
+    client.user, client.password = login.user, login.password or ""
+    method = client.auth_plain if allowed[0] == "PLAIN" else client.auth_login
+    client.auth(allowed[0], method, initial_response_ok=True)
+
+
+def check_smtp(
+    endpoint: Endpoint,
+    login: SmtpLogin | None,
+    policy: HostPolicy,
+    local_hostname: str | None = None,
+) -> str:
+    """Connect, secure and sign in as configured, then quit; returns what was used.
+
+    Raises ConnectivityError with one sentence saying what went wrong.
+    """
+    client = _SMTP(endpoint, policy, local_hostname)
+    try:
+        client.connect(endpoint.host, endpoint.port)
+        client.ehlo()
+        if endpoint.security == "starttls":
+            if not client.has_extn("starttls"):
+                raise ConnectivityError(f"{endpoint.where} does not offer STARTTLS.")
+            client.starttls(context=endpoint.tls_context())
+            client.ehlo()
+        if login is not None:
+            _sign_in(client, login)
+        version = tls_version(client.sock)
+        with contextlib.suppress(smtplib.SMTPException, OSError):
+            client.quit()
+    except smtplib.SMTPAuthenticationError as exc:
+        raise ConnectivityError(
+            f"Authentication failed for {login.user if login else ''}: the server answered "
+            f"{exc.smtp_code} {_text(exc.smtp_error)}"
+        ) from None
+    except smtplib.SMTPResponseException as exc:
+        raise ConnectivityError(
+            f"{endpoint.where} refused: {exc.smtp_code} {_text(exc.smtp_error)}"
+        ) from None
+    except (OSError, smtplib.SMTPException, ssl.SSLError) as exc:
+        raise ConnectivityError(explain(exc, endpoint)) from None
+    finally:
+        client.close()
+    mode = MODE_LABELS[endpoint.security]
+    security = version if version else INSECURE
+    who = f" as {login.user}" if login is not None else ""
+    return f"SMTP ({mode}) {security}{who}"
+
+
+def _text(raw: bytes | str) -> str:
+    text = raw.decode("utf-8", "replace") if isinstance(raw, bytes) else raw
+    return " ".join(text.split()).rstrip(".") + "."
