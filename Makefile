@@ -28,6 +28,7 @@ install: $(STAMP)
 
 run: export CASEMAIL_ENV ?= development
 run: $(STAMP)
+	@scripts/ensure-system-deps.sh run
 	@scripts/ensure-redis.sh "$(REDIS_URL)"
 	$(BIN)/flask db upgrade
 	@echo
@@ -45,7 +46,7 @@ lint: $(STAMP)
 	$(BIN)/mypy
 
 test: $(STAMP)
-	@scripts/ensure-test-deps.sh
+	@scripts/ensure-system-deps.sh test
 	@scripts/ensure-redis.sh "$(TEST_REDIS_URL)"
 	$(BIN)/ruff check .
 	$(BIN)/mypy

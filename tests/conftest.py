@@ -5,4 +5,8 @@ pytest_plugins = [
     "tests.fixtures.smtp",
     "tests.fixtures.dovecot",
     "tests.fixtures.browser",
+    "tests.fixtures.cases",
+    "tests.fixtures.accounts",
+    "tests.fixtures.tlsproxy",
+    "tests.fixtures.graph",
 ]

@@ -24,6 +24,8 @@ users_cli = AppGroup("users", help="Manage users and their API tokens.")
 mail_cli = AppGroup("mail", help="Receive mail from a mail server's pipe.")
 secrets_cli = AppGroup("secrets", help="Keys for secrets stored in the database.")
 demo_cli = AppGroup("demo", help="Demo data for a first look.")
+config_cli = AppGroup("config", help="Configuration as code: export and import YAML.")
+accounts_cli = AppGroup("accounts", help="Email accounts: test their connectivity.")
 
 
 def _read_password(confirm: bool = True) -> str:
@@ -133,6 +135,42 @@ def secrets_generate_key() -> None:
     click.echo(Fernet.generate_key().decode("ascii"))
 
 
+@secrets_cli.command("rotate")
+def secrets_rotate() -> None:
+    """Re-encrypt every stored secret under the first key of CASEMAIL_SECRET_KEYS."""
+    from webapp.secretbox import SecretError
+    from webapp.services.accounts import rotate_account_secrets
+
+    try:
+        count = rotate_account_secrets()
+    except SecretError as exc:
+        db.session.rollback()
+        raise click.ClickException(f"Nothing was changed: {exc}.") from None
+    db.session.commit()
+    click.echo(f"Re-encrypted {count} stored secret(s) under the newest key.")
+
+
+@accounts_cli.command("test")
+@click.argument("account_id")
+@click.option("--sender", "sides", flag_value="sender", help="Test only the sender.")
+@click.option("--receiver", "sides", flag_value="receiver", help="Test only the receiver.")
+def accounts_test(account_id: str, sides: str | None) -> None:
+    """Test an account's sender and receiver (or one of them); exit 1 when a test fails."""
+    from webapp.services.accounts import check_connectivity, find_account
+
+    account = find_account(account_id)
+    if account is None:
+        raise click.ClickException(f"There is no email account with the ID {account_id}.")
+    failed = False
+    for side in (sides,) if sides else ("sender", "receiver"):
+        result = check_connectivity(account, side)
+        click.echo(f"{side.capitalize()}: {'OK' if result.ok else 'FAILED'} {result.message}")
+        failed = failed or not result.ok
+    db.session.commit()
+    if failed:
+        sys.exit(1)
+
+
 DEMO_ADMIN = "admin@casemail.test"
 
 
@@ -157,6 +195,64 @@ def demo_seed() -> None:
     else:
         shown = f"(changed since it was generated; {reset_hint})"
     click.echo(f"Sign in as {DEMO_ADMIN} with password: {shown}")
+    click.echo(_seed_demo_case_type())
+
+
+def _seed_demo_case_type() -> str:
+    """Publish the "Expense approval" starter once (kept as it is if it already exists)."""
+    from webapp.casetypes.starters import EXPENSE_APPROVAL
+    from webapp.services.casetypes import create_case_type, find_case_type, publish
+
+    existing = find_case_type(EXPENSE_APPROVAL.name)
+    if existing is not None:
+        return f"Demo case type: {existing.name} ({existing.prefix}-…)"
+    case_type = create_case_type(
+        EXPENSE_APPROVAL.name,
+        EXPENSE_APPROVAL.prefix,
+        EXPENSE_APPROVAL.description,
+        starter=EXPENSE_APPROVAL.slug,
+    )
+    publish(case_type, None)
+    db.session.commit()
+    return f"Demo case type: {case_type.name} ({case_type.prefix}-…), published"
+
+
+@config_cli.command("export")
+@click.option("--output", "-o", type=click.Path(dir_okay=False), help="Write here, not stdout.")
+def config_export(output: str | None) -> None:
+    """Write case types (and other configuration, without secrets) as YAML."""
+    from webapp.services.configio import dump_yaml, export_config
+
+    text = dump_yaml(export_config())
+    if output:
+        Path(output).write_text(text, encoding="utf-8")
+        click.echo(f"Wrote {output}.")
+    else:
+        click.echo(text, nl=False)
+
+
+@config_cli.command("import")
+@click.argument("file", type=click.Path(exists=True, dir_okay=False))
+@click.option("--dry-run", is_flag=True, help="Check and report, change nothing.")
+def config_import(file: str, dry_run: bool) -> None:
+    """Create or update what FILE describes; importing the same file twice changes nothing."""
+    from webapp.services.configio import ConfigError, import_config
+
+    try:
+        report = import_config(Path(file).read_text(encoding="utf-8"), file)
+    except ConfigError as exc:
+        db.session.rollback()
+        raise click.ClickException("the file was not imported:\n" + str(exc)) from None
+    except UnicodeDecodeError:
+        raise click.ClickException(f"{file}: the file is not UTF-8 text.") from None
+    if dry_run:
+        db.session.rollback()
+    else:
+        db.session.commit()
+    for line in report.changes:
+        click.echo(line)
+    if dry_run:
+        click.echo("Dry run: nothing was changed.")
 
 
 def register_cli(app: Flask) -> None:
@@ -203,3 +299,5 @@ def register_cli(app: Flask) -> None:
     app.cli.add_command(mail_cli)
     app.cli.add_command(secrets_cli)
     app.cli.add_command(demo_cli)
+    app.cli.add_command(config_cli)
+    app.cli.add_command(accounts_cli)

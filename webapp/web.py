@@ -16,9 +16,12 @@ ALL_ROLES = (Role.ADMIN, Role.DESIGNER, Role.WORKER)
 
 
 def register_web(app: Flask) -> None:
+    from webapp.accounts import bp as accounts_bp
     from webapp.admin import bp as admin_bp
     from webapp.api import bp as api_bp
     from webapp.auth import bp as auth_bp
+    from webapp.cases import bp as cases_bp
+    from webapp.designer import bp as designer_bp
     from webapp.main import bp as main_bp
 
     login_manager.session_protection = "basic"
@@ -28,9 +31,17 @@ def register_web(app: Flask) -> None:
     app.register_blueprint(main_bp)
     app.register_blueprint(admin_bp)
     app.register_blueprint(api_bp)
+    app.register_blueprint(cases_bp)
+    app.register_blueprint(designer_bp)
+    app.register_blueprint(accounts_bp)
     csrf.exempt(api_bp)  # bearer tokens only; see security.api_token_required
 
     add_nav_item(app, "Dashboard", "main.index", ALL_ROLES, 0, "/$")
+    add_nav_item(app, "Cases", "cases.queue", (Role.ADMIN, Role.WORKER), 10, "/cases")
+    add_nav_item(
+        app, "Case types", "designer.index", (Role.ADMIN, Role.DESIGNER), 20, "/case-types"
+    )
+    add_nav_item(app, "Email accounts", "accounts.accounts", (Role.ADMIN,), 30, "/admin/accounts")
     add_nav_item(app, "Users", "admin.users", (Role.ADMIN,), 80, "/admin/users")
     add_nav_item(app, "System", "admin.system", (Role.ADMIN,), 90, "/admin/system")
     if app.config["CASEMAIL_DEV_SANDBOX"]:

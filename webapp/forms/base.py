@@ -5,6 +5,10 @@ from __future__ import annotations
 from typing import Any
 
 from flask_wtf import FlaskForm
+from flask_wtf.file import FileField as FlaskFileField
+from wtforms import FieldList, FileField, FormField, PasswordField
+
+_UNFILTERED = (PasswordField, FileField, FlaskFileField, FieldList, FormField)
 
 
 def _strip(value: Any) -> Any:
@@ -16,7 +20,9 @@ class BaseForm(FlaskForm):
 
     class Meta:
         def bind_field(self, form: Any, unbound_field: Any, options: dict[str, Any]) -> Any:
-            if unbound_field.field_class.__name__ in ("PasswordField", "FileField"):
+            # Passwords and files keep their exact value; lists of sub-forms take no filters
+            # (their own fields are trimmed).
+            if issubclass(unbound_field.field_class, _UNFILTERED):
                 return unbound_field.bind(form=form, **options)
             filters = (_strip, *unbound_field.kwargs.get("filters", ()))
             return unbound_field.bind(form=form, filters=filters, **options)

@@ -13,7 +13,17 @@ from webapp.security import any_role
 @bp.route("/")
 @any_role
 def index():
-    counts = {}
+    counts: dict[str, int | None] = {}
+    if current_user.has_role("worker"):
+        from webapp.services.cases import QueueFilter, queue_count
+
+        counts["my_work"] = queue_count(QueueFilter(mine_for=current_user))
+        counts["open_cases"] = queue_count(QueueFilter(status="open"))
+        counts["overdue"] = queue_count(QueueFilter(status="open", overdue=True))
+    if current_user.has_role("designer"):
+        from webapp.models import CaseType
+
+        counts["case_types"] = db.session.scalar(select(func.count()).select_from(CaseType))
     if current_user.has_role("admin"):
         counts["users"] = db.session.scalar(select(func.count()).select_from(User))
         counts["inbound"] = db.session.scalar(select(func.count()).select_from(InboundMessage))

@@ -1,6 +1,33 @@
 """All models, imported here so that Alembic and the app see every table."""
 
+from webapp.models.accounts import AuthProfile, EmailAccount, Keystore, KeystoreKind
+from webapp.models.cases import (
+    Case,
+    CaseAttachment,
+    CaseCounter,
+    CaseEvent,
+    CaseType,
+    CaseTypeVersion,
+    OutboundMessage,
+)
 from webapp.models.inbound import InboundMessage, InboundStatus
 from webapp.models.user import ApiToken, Role, User
 
-__all__ = ["ApiToken", "InboundMessage", "InboundStatus", "Role", "User"]
+__all__ = [
+    "ApiToken",
+    "AuthProfile",
+    "Case",
+    "CaseAttachment",
+    "CaseCounter",
+    "CaseEvent",
+    "CaseType",
+    "CaseTypeVersion",
+    "EmailAccount",
+    "InboundMessage",
+    "InboundStatus",
+    "Keystore",
+    "KeystoreKind",
+    "OutboundMessage",
+    "Role",
+    "User",
+]
