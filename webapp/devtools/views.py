@@ -8,7 +8,8 @@ from flask import Response, abort, current_app, flash, redirect, render_template
 from webapp.devtools import bp
 from webapp.forms.auth import ConfirmForm
 from webapp.forms.devmail import ComposeForm, ReplyForm
-from webapp.mail.compose import HeaderValueError, build_message, quote, reply_subject
+from webapp.mail.compose import HeaderValueError, quote, reply_subject
+from webapp.mail.outbound import OutboundError, OutboundSpec, build_outbound
 from webapp.mail.sandbox import Sandbox, SandboxMessage
 from webapp.security import admin_required
 
@@ -26,16 +27,18 @@ def _send(form: ReplyForm, in_reply_to: str | None = None, references: str | Non
     """Send through the sandbox's SMTP server, the way a mail client would."""
     config = current_app.config
     try:
-        message = build_message(
-            sender=form.from_address.data,
-            to=form.to_address.data,
-            subject=form.subject.data,
-            body=form.body.data or "",
-            message_id_domain="sandbox.casemail.test",
-            in_reply_to=in_reply_to,
-            references=references,
+        message = build_outbound(
+            OutboundSpec(
+                from_address=form.from_address.data,
+                to=(form.to_address.data,),
+                subject=form.subject.data,
+                text=form.body.data or "",
+                message_id_domain="sandbox.casemail.test",
+                in_reply_to=in_reply_to,
+                references=tuple(references.split()) if references else (),
+            )
         )
-    except HeaderValueError as exc:
+    except (HeaderValueError, OutboundError) as exc:
         form.subject.errors.append(str(exc))
         return False
     host, port = config["CASEMAIL_DEV_SMTP_HOST"], config["CASEMAIL_DEV_SMTP_PORT"]

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import email.policy
 from dataclasses import dataclass
-from email.headerregistry import Address
 from email.parser import BytesHeaderParser
 from email.utils import getaddresses
 
@@ -40,10 +39,3 @@ def summarize(raw: bytes) -> MessageSummary:
         sender = pairs[0][1].lower()
     message_id = _header(message, "Message-ID") or None
     return MessageSummary(subject=subject, from_address=sender, message_id=message_id)
-
-
-def format_address(display_name: str, address: str) -> str:
-    """`Name <addr>` with correct quoting; CR/LF in the name cannot reach a header."""
-    clean = " ".join(display_name.split())
-    username, _, domain = address.partition("@")
-    return str(Address(display_name=clean, username=username, domain=domain))
