@@ -9,7 +9,7 @@ from werkzeug.exceptions import HTTPException
 from webapp.extensions import csrf, db, login_manager
 from webapp.forms.auth import ConfirmForm
 from webapp.models import Role
-from webapp.navigation import add_nav_item, nav_for
+from webapp.navigation import add_nav_item, menus, nav_for
 from webapp.security import install_security_headers
 
 ALL_ROLES = (Role.ADMIN, Role.DESIGNER, Role.WORKER)
@@ -42,13 +42,14 @@ def register_web(app: Flask) -> None:
         app, "Case types", "designer.index", (Role.ADMIN, Role.DESIGNER), 20, "/case-types"
     )
     add_nav_item(app, "Email accounts", "accounts.accounts", (Role.ADMIN,), 30, "/admin/accounts")
-    add_nav_item(app, "Users", "admin.users", (Role.ADMIN,), 80, "/admin/users")
-    add_nav_item(app, "System", "admin.system", (Role.ADMIN,), 90, "/admin/system")
+    add_nav_item(app, "Users", "admin.users", (Role.ADMIN,), 80, "/admin/users", "Admin")
+    add_nav_item(app, "Groups", "admin.groups", (Role.ADMIN,), 85, "/admin/groups", "Admin")
+    add_nav_item(app, "System", "admin.system", (Role.ADMIN,), 90, "/admin/system", "Admin")
     if app.config["CASEMAIL_DEV_SANDBOX"]:
         from webapp.devtools import bp as devtools_bp
 
         app.register_blueprint(devtools_bp)
-        add_nav_item(app, "Mail sandbox", "devtools.mailbox", (Role.ADMIN,), 100, "/dev/")
+        add_nav_item(app, "Mail sandbox", "devtools.mailbox", (Role.ADMIN,), 100, "/dev/", "Admin")
 
     install_security_headers(app)
     _install_error_pages(app)
@@ -57,7 +58,8 @@ def register_web(app: Flask) -> None:
     def _page_context() -> dict[str, object]:
         nav = nav_for(current_app, current_user) if current_user.is_authenticated else []
         return {
-            "nav_items": nav,
+            "nav_items": [item for item in nav if not item.menu],
+            "nav_menus": menus(nav),
             "logout_form": ConfirmForm(formdata=None),
             "environment": current_app.config["CASEMAIL_ENV"],
         }

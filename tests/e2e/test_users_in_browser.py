@@ -23,6 +23,7 @@ def test_admin_signs_in_and_creates_a_user(live_server, page, make_user, screens
     expect(page.get_by_role("heading", name="Welcome, admin@example.com")).to_be_visible()
     screenshot("dashboard")
 
+    page.get_by_role("button", name="Admin", exact=True).click()
     page.get_by_role("link", name="Users", exact=True).click()
     page.get_by_role("link", name="New user").click()
     page.get_by_label("Email").fill("not an email")
@@ -52,6 +53,7 @@ def test_admin_signs_in_and_creates_a_user(live_server, page, make_user, screens
     page.get_by_label("Password").fill("dana's long password")
     page.get_by_role("button", name="Sign in").click()
     expect(page.get_by_role("heading", name="Welcome, Dana Designer")).to_be_visible()
+    expect(page.get_by_role("button", name="Admin", exact=True)).to_have_count(0)
     expect(page.get_by_role("link", name="Users", exact=True)).to_have_count(0)
     page.goto(live_server.url + "/admin/users")
     expect(page.get_by_role("heading", name="Not allowed")).to_be_visible()

@@ -137,3 +137,22 @@ def test_case_types_are_listed_for_any_role(client, api, make_case_type):
         "required": True,
         "options": ["Travel", "Meals", "Equipment", "Other"],
     } in types[0]["fields"]
+
+
+def test_a_requester_must_be_one_email_address(client, api, make_case_type):
+    make_case_type()
+    worker, _ = api()
+    response = client.post(
+        "/api/v1/cases",
+        json={
+            "case_type": "EXP",
+            "subject": "Taxi",
+            "requester": "a@example.com, b@example.com",
+            "fields": EXPENSE_FIELDS,
+        },
+        headers=worker,
+    )
+    assert response.status_code == 422
+    assert response.get_json()["fields"] == {
+        "requester": "Enter the requester's email address, such as name@example.com."
+    }

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 
+import pytest
 from sqlalchemy import select
 
 from tests.fixtures.app import both_databases, csrf_token
@@ -250,3 +251,83 @@ def test_designer_pages_are_for_designers_and_admins(client, login_as, make_case
         f"/case-types/{type_id}/stages/submission",
     ):
         assert client.get(path).status_code == 403, path
+
+
+@both_databases
+def test_a_line_break_in_a_case_value_cannot_start_a_header_in_a_notification(
+    app, make_case_type, make_case
+):
+    from webapp.services.cases import apply_action, find_case
+
+    type_id = make_case_type()
+    reference = make_case(type_id, subject="Train\r\nBcc: everyone@example.com")
+    with app.app_context():
+        case = find_case(reference)
+        for action in ("submit", "approve", "mark_paid"):
+            apply_action(case, action, user=None)
+        db.session.commit()
+        subjects = [m.subject for m in db.session.scalars(select(OutboundMessage))]
+    assert f"{reference} is approved: Train Bcc: everyone@example.com" in subjects
+    assert not any("\r" in s or "\n" in s for s in subjects)
+
+
+def test_an_attachment_name_with_control_characters_still_downloads(
+    app, client, login_as, make_case_type, make_case
+):
+    from webapp.services.cases import add_attachment, find_case
+
+    type_id = make_case_type()
+    login_as("worker")
+    reference = make_case(type_id)
+    with app.app_context():
+        case = find_case(reference)
+        attachment = add_attachment(
+            case, "C:\\fakepath\\bill\r\nSet-Cookie: x=1.pdf", "application/pdf", b"%PDF", user=None
+        )
+        db.session.commit()
+        attachment_id = attachment.id
+    download = client.get(f"/cases/{reference}/attachments/{attachment_id}")
+    assert download.status_code == 200
+    assert download.headers["Content-Disposition"].startswith(
+        'attachment; filename="billSet-Cookie: x=1.pdf"'
+    )
+    assert "Set-Cookie" not in download.headers
+
+
+@both_databases
+def test_a_comment_racing_another_change_is_refused_not_an_error(
+    app, client, login_as, make_case_type, make_case
+):
+    from sqlalchemy import update
+
+    from webapp.services.cases import AlreadyProcessed, add_comment, find_case
+
+    type_id = make_case_type()
+    reference = make_case(type_id)
+    with app.app_context():
+        case = find_case(reference)
+        with db.engine.begin() as other:
+            other.execute(
+                update(Case).where(Case.id == case.id).values(row_version=Case.row_version + 1)
+            )
+        with pytest.raises(AlreadyProcessed, match="changed by someone else"):
+            add_comment(case, "Looks fine", user=None)
+        db.session.rollback()
+
+
+@both_databases
+def test_my_work_matches_approver_addresses_literally(app, make_user, make_case_type, make_case):
+    from webapp.services.cases import QueueFilter, apply_action, find_case, queue_page
+
+    approver = make_user("worker", email="axb@example.com")
+    # In LIKE, _ matches any one character: this address must not match the approver's.
+    lookalike = make_user("worker", email="a_b@example.com")
+    type_id = make_case_type()
+    reference = make_case(type_id, fields={**EXPENSE_FIELDS, "manager_email": "axb@example.com"})
+    with app.app_context():
+        apply_action(find_case(reference), "submit", user=None)
+        db.session.commit()
+        mine = QueueFilter(mine_for=db.session.merge(lookalike))
+        assert [c.reference for c in queue_page(mine).items] == []
+        theirs = QueueFilter(mine_for=db.session.merge(approver))
+        assert [c.reference for c in queue_page(theirs).items] == [reference]

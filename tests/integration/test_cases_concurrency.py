@@ -109,3 +109,27 @@ def test_two_concurrent_actions_on_one_case_exactly_one_wins(app, make_case_type
             select(CaseEvent.action).where(CaseEvent.case_id == case.id, CaseEvent.kind == "action")
         ).all()
     assert len(actions) == 1
+
+
+@both_databases
+def test_two_designers_publishing_at_once_make_one_version(app, make_case_type):
+    from webapp.services import casetypes as casetype_service
+
+    type_id = make_case_type(publish=False)
+    both_loaded = threading.Barrier(2)
+
+    def publish(_index: int) -> str:
+        with app.app_context():
+            case_type = db.session.get(CaseType, type_id)
+            _ = (case_type.versions, case_type.draft)
+            both_loaded.wait()  # both have seen a case type without versions
+            try:
+                version = casetype_service.publish(case_type, None)
+                db.session.commit()
+            except casetype_service.CaseTypeError as exc:
+                db.session.rollback()
+                return str(exc)
+            return f"published {version.number}"
+
+    results = sorted(str(r) for r in _run_together(2, publish))
+    assert results == ["Version 1 already has this definition.", "published 1"], results

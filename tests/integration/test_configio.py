@@ -128,3 +128,17 @@ def test_demo_seed_publishes_the_expense_approval_once(app, runner):
     second = runner.invoke(args=["demo", "seed"])
     assert "Demo case type: Expense approval (EXP-…)\n" in second.output
     assert _versions(app) == 1
+
+
+def test_a_mistyped_key_inside_a_stage_is_named_not_ignored(app, runner, tmp_path):
+    data = yaml.safe_load(EXAMPLE.read_text())
+    data["case_types"][0]["stages"][2]["asignee_kind"] = "role"
+    path = tmp_path / "typo.yaml"
+    path.write_text(yaml.safe_dump(data))
+    result = runner.invoke(args=["config", "import", str(path)])
+    assert result.exit_code == 1
+    assert f"{path}: case_types[0].stages[2].asignee_kind: unknown key; use key, name" in (
+        result.output
+    )
+    with app.app_context():
+        assert db.session.scalar(select(func.count()).select_from(CaseType)) == 0

@@ -7,7 +7,7 @@ import copy
 import pytest
 
 from webapp.casetypes import DefinitionError, parse_definition
-from webapp.casetypes.definition import check_values, slugify
+from webapp.casetypes.definition import STAGE_KEYS, check_values, slugify
 from webapp.casetypes.starters import STARTERS
 from webapp.casetypes.templating import placeholders, render
 
@@ -149,3 +149,17 @@ def test_templates_fill_placeholders_only():
 def test_slugify():
     assert slugify("Send back!") == "send_back"
     assert slugify("  ") == ""
+
+
+def test_unknown_keys_are_named_not_ignored():
+    data = copy.deepcopy(STARTERS["expense-approval"].definition)
+    data["stages"][2]["asignee"] = "admin"
+    data["stages"][2]["actions"][0]["too"] = "completed"
+    data["fields"][0]["lable"] = "Amount"
+    with pytest.raises(DefinitionError) as refused:
+        parse_definition(data)
+    assert [str(p) for p in refused.value.problems] == [
+        "fields[0].lable: unknown key; use name, label, type, required, default, options.",
+        "stages[2].asignee: unknown key; use " + ", ".join(STAGE_KEYS) + ".",
+        "stages[2].actions[0].too: unknown key; use name, to, require_fields.",
+    ]

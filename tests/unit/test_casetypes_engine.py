@@ -123,6 +123,27 @@ def test_work_queue_and_user_assignment_decide_who_acts():
     assert run_action(definition, _at(definition, "payment"), "mark_paid", ADMIN).moved
 
 
+def test_a_work_group_queue_lets_its_members_act():
+    definition = _definition(
+        lambda d: d["stages"][2].update(assignee_kind="group", assignee="Finance")
+    )
+    member = Actor("fay@example.com", "worker", groups=frozenset({"finance"}))
+    with pytest.raises(CaseActionError, match=r"queue of the group Finance; you are not a member"):
+        run_action(definition, _at(definition, "payment"), "mark_paid", WORKER)
+    assert available_actions(definition, _at(definition, "payment"), WORKER) == []
+    assert run_action(definition, _at(definition, "payment"), "mark_paid", member).moved
+    assert run_action(definition, _at(definition, "payment"), "mark_paid", ADMIN).moved
+
+
+def test_a_group_assignee_needs_a_group_name():
+    definition = _definition(
+        lambda d: d["stages"][2].update(assignee_kind="group", assignee=""), check=False
+    )
+    assert [str(p) for p in definition.problems] == [
+        "stages[2].assignee: Pick the work group that gets the cases."
+    ]
+
+
 def test_designers_do_not_work_cases():
     definition = _definition()
     with pytest.raises(CaseActionError, match=r"Only workers and admins work cases."):
@@ -187,3 +208,13 @@ def test_diagram_highlights_the_current_stage_and_escapes_labels():
     assert svg.count("#d6e9ff") == 1
     assert "<img" not in svg
     assert safe_label('<b>"x"\\G\n') == '\u2039b\u203a"x"\\\\G '
+
+
+def test_diagram_never_uses_stage_keys_as_graphviz_names():
+    # A draft imported unpublished keeps keys that were never checked; in Graphviz a name
+    # between < and > is HTML, which may name files on the server.
+    key = '<<img src="/etc/passwd"/>>'
+    definition = _definition(lambda d: d["stages"][0].update(key=key), check=False)
+    svg = render_svg(definition, "Expenses", key).decode()
+    assert "passwd" not in svg and "img" not in svg
+    assert svg.count("#d6e9ff") == 1

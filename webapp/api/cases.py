@@ -13,6 +13,7 @@ from webapp.models import Case, CaseType, Role
 from webapp.security import api_token_required
 from webapp.services import cases as service
 from webapp.services.casetypes import find_case_type, version_definition
+from webapp.services.groups import find_group
 
 MAX_PAGE = 100
 
@@ -45,6 +46,7 @@ def _case_json(case: Case, *, events: bool = False) -> dict[str, Any]:
         "fields": case.fields,
         "assignee": case.assignee.email if case.assignee else None,
         "queue": case.queue,
+        "group": case.group.name if case.group else None,
         "approvers": case.approvers,
         "approvals": case.approvals,
         "sla_goal_at": case.sla_goal_at.isoformat() if case.sla_goal_at else None,
@@ -121,6 +123,12 @@ def list_cases():
         if case_type is None:
             return _error(404, "not_found", f"There is no case type {args['case_type']!r}.")
         case_type_id = case_type.id
+    group_id = None
+    if args.get("group"):
+        group = find_group(args["group"])
+        if group is None:
+            return _error(404, "not_found", f"There is no work group {args['group']!r}.")
+        group_id = group.id
     status = args.get("status", "open")
     if status not in ("open", "resolved", "all"):
         return _error(400, "bad_request", "status must be open, resolved or all.")
@@ -135,6 +143,7 @@ def list_cases():
         stage=args.get("stage", ""),
         status="" if status == "all" else status,
         assignee_id=g.api_user.id if args.get("assignee") == "me" else None,
+        group_id=group_id,
         overdue=args.get("overdue") in ("1", "true"),
         text=args.get("q", "")[:200],
         sort=sort,

@@ -16,6 +16,7 @@ from webapp.models.types import utcnow
 from webapp.security import roles_required
 from webapp.services import cases as service
 from webapp.services.casetypes import published_case_types, version_definition
+from webapp.services.groups import all_groups
 
 worker_required = roles_required(Role.WORKER)
 PER_PAGE = 25
@@ -81,11 +82,15 @@ def _render_queue(title: str, mine: bool):
     sort = args.get("sort", "updated")
     if sort not in SORT_CHOICES:
         sort = "updated"
+    groups = all_groups()
+    group_id = args.get("group", type=int)
+    group = next((g for g in groups if g.id == group_id), None)
     filters = service.QueueFilter(
         case_type_id=case_type.id if case_type else None,
         stage=stage,
         status="" if status == "all" else status,
         assignee_id=_assignee_id(args.get("assignee", "")),
+        group_id=group.id if group else None,
         overdue=args.get("overdue") == "1",
         text=args.get("q", "").strip()[:200],
         sort=sort,
@@ -119,6 +124,8 @@ def _render_queue(title: str, mine: bool):
             )
         ),
         assignee=args.get("assignee", ""),
+        groups=groups,
+        group=group,
     )
 
 
@@ -274,7 +281,12 @@ def comment(reference: str):
             abort(400)
         flash("Write a comment first.", "warning")
         return redirect(url_for("cases.show", reference=reference))
-    service.add_comment(case, form.comment.data, user=current_user)
+    try:
+        service.add_comment(case, form.comment.data, user=current_user)
+    except service.CaseError as exc:
+        db.session.rollback()
+        flash(str(exc), "danger")
+        return redirect(url_for("cases.show", reference=reference))
     db.session.commit()
     return redirect(url_for("cases.show", reference=reference) + "#timeline")
 

@@ -29,9 +29,34 @@ FIELD_TYPE_LABELS = {
 RESOLUTIONS = ("completed", "rejected", "withdrawn")
 APPROVER_SOURCES = ("addresses", "users", "field")
 APPROVAL_MODES = ("any", "all")
-ASSIGNEE_KINDS = ("none", "user", "role")
+ASSIGNEE_KINDS = ("none", "user", "role", "group")
 QUEUE_ROLES = ("worker", "admin")
 RECIPIENT_KINDS = ("requester", "approvers", "assignee")
+
+# Every key a stored or imported definition may hold; any other is a typo to report.
+FIELD_KEYS = ("name", "label", "type", "required", "default", "options")
+ACTION_KEYS = ("name", "to", "require_fields")
+NOTIFICATION_KEYS = ("recipients", "addresses", "address_fields", "subject", "body", "attach_files")
+STAGE_KEYS = (
+    "key",
+    "name",
+    "kind",
+    "actions",
+    "assignee_kind",
+    "assignee",
+    "approver_source",
+    "approvers",
+    "approver_field",
+    "approval_mode",
+    "approve_to",
+    "reject_to",
+    "reason_required",
+    "resolution",
+    "edit_fields",
+    "notifications",
+    "sla_goal_hours",
+    "sla_deadline_hours",
+)
 
 NAME_RE = re.compile(r"^[a-z][a-z0-9_]{0,39}$")
 EMAIL_RE = re.compile(r"^[^@\s]+@[^@\s]+\.[^@\s]+$")
@@ -100,7 +125,7 @@ class StageDef:
     # work
     actions: tuple[ActionDef, ...] = ()
     assignee_kind: str = "none"
-    assignee: str = ""  # a user's email or a role
+    assignee: str = ""  # a user's email, a role, or the name of a work group
     # approval
     approver_source: str = "addresses"
     approvers: tuple[str, ...] = ()  # addresses, or the emails of users
@@ -235,11 +260,15 @@ class _Reader:
     def fail(self, path: str, message: str) -> None:
         self.problems.append(Problem(path, message))
 
-    def mapping(self, value: Any, path: str) -> Mapping[str, Any]:
-        if isinstance(value, Mapping):
-            return value
-        self.fail(path, "must be a mapping of names to values.")
-        return {}
+    def mapping(self, value: Any, path: str, keys: Sequence[str] = ()) -> Mapping[str, Any]:
+        """`value` as a mapping; with `keys`, any other key is reported."""
+        if not isinstance(value, Mapping):
+            self.fail(path, "must be a mapping of names to values.")
+            return {}
+        for key in value:
+            if keys and key not in keys:
+                self.fail(f"{path}.{key}", f"unknown key; use {', '.join(keys)}.")
+        return value
 
     def items(self, data: Mapping[str, Any], key: str, path: str) -> list[Any]:
         value = data.get(key, [])
@@ -338,7 +367,7 @@ def parse_definition(data: Any, *, check: bool = True) -> Definition:
 
 
 def _read_field(reader: _Reader, item: Any, path: str) -> FieldDef:
-    data = reader.mapping(item, path)
+    data = reader.mapping(item, path, FIELD_KEYS)
     name = reader.text(data, "name", path)
     label = reader.text(data, "label", path) or name.replace("_", " ").capitalize()
     kind = reader.choice(data, "type", path, FIELD_TYPES, "text")
@@ -355,7 +384,7 @@ def _read_field(reader: _Reader, item: Any, path: str) -> FieldDef:
 
 
 def _read_notification(reader: _Reader, item: Any, path: str) -> Notification:
-    data = reader.mapping(item, path)
+    data = reader.mapping(item, path, NOTIFICATION_KEYS)
     recipients = reader.strings(data, "recipients", path)
     for recipient in recipients:
         if recipient not in RECIPIENT_KINDS:
@@ -374,14 +403,14 @@ def _read_notification(reader: _Reader, item: Any, path: str) -> Notification:
 
 
 def _read_stage(reader: _Reader, item: Any, path: str) -> StageDef:
-    data = reader.mapping(item, path)
+    data = reader.mapping(item, path, STAGE_KEYS)
     name = reader.text(data, "name", path)
     key = reader.text(data, "key", path) or slugify(name)
     kind = reader.choice(data, "kind", path, STAGE_KINDS, WORK)
     actions = []
     for i, action in enumerate(reader.items(data, "actions", path)):
         action_path = f"{path}.actions[{i}]"
-        action_data = reader.mapping(action, action_path)
+        action_data = reader.mapping(action, action_path, ACTION_KEYS)
         actions.append(
             ActionDef(
                 name=reader.text(action_data, "name", action_path),
@@ -546,6 +575,8 @@ def _stage_problems(
             add(Problem(f"{path}.assignee", "Give the email address of the assigned user."))
         if stage.assignee_kind == "role" and stage.assignee not in QUEUE_ROLES:
             add(Problem(f"{path}.assignee", f"Pick a work queue: {', '.join(QUEUE_ROLES)}."))
+        if stage.assignee_kind == "group" and not 0 < len(stage.assignee) <= 60:
+            add(Problem(f"{path}.assignee", "Pick the work group that gets the cases."))
     elif stage.kind == APPROVAL:
         if stage.approver_source == "field":
             f = definition.field_named(stage.approver_field)

@@ -61,20 +61,24 @@ class _Model:
 
 def render_svg(definition: Definition, title: str, current: str | None = None) -> bytes:
     """The SVG of the stage diagram, with `current` highlighted; runs Graphviz's `dot`."""
-    model = _Model(current or definition.first_stage.key)
+    # Nodes are named by position, never by the stage key: a draft's keys are not checked
+    # yet, and Graphviz reads a name between < and > as HTML.
+    node = {stage.key: f"s{index}" for index, stage in enumerate(definition.stages)}
+    first = node[definition.first_stage.key]
+    model = _Model(node.get(current or "", first))
     states = []
     for stage in definition.stages:
         kind = _KIND_LABELS.get(stage.kind)
         label = safe_label(stage.name) + (f"\\n({kind})" if kind else "")
-        states.append({"name": stage.key, "label": label})
+        states.append({"name": node[stage.key], "label": label})
     transitions: list[dict[str, str]] = []
     for source, action, target in definition.edges():
-        if target:
+        if target in node:
             transitions.append(
                 {
                     "trigger": f"t{len(transitions)}",
-                    "source": source,
-                    "dest": target,
+                    "source": node[source],
+                    "dest": node[target],
                     "label": safe_label(action),
                 }
             )
@@ -92,9 +96,9 @@ def render_svg(definition: Definition, title: str, current: str | None = None) -
     graph.reset_styling()
     for stage in definition.stages:
         if stage.kind in ("resolution", "approval"):
-            graph.set_node_style(stage.key, stage.kind)
-    if current:
-        graph.set_node_style(current, "active")
+            graph.set_node_style(node[stage.key], stage.kind)
+    if current in node:
+        graph.set_node_style(node[current], "active")
     # With the "graphviz" engine the graph is a graphviz.Digraph, which renders with `dot`.
     drawing: Any = machine.get_combined_graph()
     svg: bytes = drawing.pipe(format="svg")

@@ -34,6 +34,7 @@ class Actor:
     email: str
     role: str  # admin / worker / designer / system
     channel: str = "web"  # web / email / api / system
+    groups: frozenset[str] = frozenset()  # lowercased names of the user's work groups
 
     @property
     def is_admin(self) -> bool:
@@ -96,6 +97,11 @@ def may_act(stage: StageDef, snapshot: CaseSnapshot, actor: Actor) -> str:
             return f"{stage.name} is assigned to {stage.assignee}; only they or an admin can act."
         if stage.assignee_kind == "role" and actor.role != stage.assignee:
             return f"{stage.name} is in the {stage.assignee} queue; you are not in that queue."
+        if stage.assignee_kind == "group" and stage.assignee.lower() not in actor.groups:
+            return (
+                f"{stage.name} is in the queue of the group {stage.assignee}; "
+                "you are not a member of it."
+            )
         if actor.role != "worker":
             return "Only workers and admins work cases."
         return ""

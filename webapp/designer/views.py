@@ -25,6 +25,7 @@ from webapp.models import Case, CaseType, CaseTypeVersion, Role
 from webapp.security import roles_required
 from webapp.services import casetypes as service
 from webapp.services.cases import versions_in_use
+from webapp.services.groups import all_groups
 
 designer_required = roles_required(Role.DESIGNER)
 
@@ -236,14 +237,17 @@ def edit_stage(case_type_id: int, key: str):
     email_fields = [
         (f["name"], f["label"]) for f in case_type.draft.get("fields", []) if f["type"] == "email"
     ]
-    form.set_choices(others, email_fields)
+    form.set_choices(others, email_fields, [g.name for g in all_groups()])
     error = ""
     if form.validate_on_submit():
         try:
             service.update_stage(case_type, key, form.to_dict(kind))
         except service.CaseTypeError as exc:
             db.session.rollback()
-            error = str(exc)
+            if "assignee_group" in form and any(p.path.endswith(".assignee") for p in exc.problems):
+                form.assignee_group.errors.append(str(exc))
+            else:
+                error = str(exc)
         else:
             db.session.commit()
             flash(f"Saved the stage {form.name.data}.", "success")

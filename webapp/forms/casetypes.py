@@ -131,6 +131,22 @@ class NotificationForm(Form):
     remove = BooleanField("Remove this notification")
 
 
+# The settings that only one stage kind has.
+_KIND_SETTINGS = {
+    "work": ("actions", "assignee_kind", "assignee_user", "assignee_queue", "assignee_group"),
+    "approval": (
+        "approver_source",
+        "approvers",
+        "approver_field",
+        "approval_mode",
+        "approve_to",
+        "reject_to",
+        "reason_required",
+    ),
+    "resolution": ("resolution",),
+}
+
+
 class StageForm(BaseForm):
     """Every setting of a stage; the page shows those that fit the stage's kind."""
 
@@ -152,13 +168,22 @@ class StageForm(BaseForm):
         choices=[
             SelectChoice("none", "Nobody in particular (any worker)"),
             SelectChoice("user", "A user"),
-            SelectChoice("role", "A work queue"),
+            SelectChoice("role", "A work queue (role)"),
+            SelectChoice("group", "A work queue (group)"),
         ],
     )
     assignee_user = StringField("User's email", validators=[Optional(), Length(max=320)])
     assignee_queue = SelectField(
-        "Work queue",
+        "Role's work queue",
         choices=[SelectChoice("worker", "Workers"), SelectChoice("admin", "Admins")],
+    )
+    # Any value is accepted here so that a group deleted since can be reported by the service
+    # with a sentence, rather than as "Not a valid choice".
+    assignee_group = SelectField(
+        "Work group",
+        choices=[],
+        validate_choice=False,
+        description="Admins manage groups under Admin → Groups.",
     )
     # approval
     approver_source = SelectField(
@@ -200,52 +225,33 @@ class StageForm(BaseForm):
     def drop_unused(self, kind: str) -> None:
         """Remove the settings of the other stage kinds, so that they are neither shown nor
         validated."""
-        unused = {
-            "work": (
-                "approver_source",
-                "approvers",
-                "approver_field",
-                "approval_mode",
-                "approve_to",
-                "reject_to",
-                "reason_required",
-                "resolution",
-            ),
-            "approval": (
-                "actions",
-                "assignee_kind",
-                "assignee_user",
-                "assignee_queue",
-                "resolution",
-            ),
-            "resolution": (
-                "actions",
-                "assignee_kind",
-                "assignee_user",
-                "assignee_queue",
-                "approver_source",
-                "approvers",
-                "approver_field",
-                "approval_mode",
-                "approve_to",
-                "reject_to",
-                "reason_required",
-                "edit_fields",
-                "sla_goal_hours",
-                "sla_deadline_hours",
-            ),
-        }[kind]
+        unused = [
+            name for other, names in _KIND_SETTINGS.items() if other != kind for name in names
+        ]
+        if kind == "resolution":
+            unused.extend(("edit_fields", "sla_goal_hours", "sla_deadline_hours"))
         for name in unused:
             delattr(self, name)
 
     def set_choices(
-        self, stages: list[tuple[str, str]], email_fields: list[tuple[str, str]]
+        self,
+        stages: list[tuple[str, str]],
+        email_fields: list[tuple[str, str]],
+        groups: list[str],
     ) -> None:
-        """Fill the stage and field pickers from the draft."""
+        """Fill the stage, field and group pickers from the draft and the groups."""
         targets = [SelectChoice("", "The next stage")] + [SelectChoice(k, n) for k, n in stages]
         if "actions" in self:
             for entry in self.actions:
                 entry.form.to.choices = targets
+            current = self.assignee_group.data or ""
+            names = list(groups)
+            if current and current not in names:
+                names.append(current)
+            self.assignee_group.choices = [
+                SelectChoice("", "— pick a group —"),
+                *(SelectChoice(n, n) for n in names),
+            ]
         field_choices = [SelectChoice(k, n) for k, n in email_fields]
         if "approve_to" in self:
             self.approve_to.choices = targets
@@ -277,6 +283,7 @@ class StageForm(BaseForm):
         self.assignee_kind.data = kind
         self.assignee_user.data = stage.get("assignee", "") if kind == "user" else ""
         self.assignee_queue.data = stage.get("assignee", "worker") if kind == "role" else "worker"
+        self.assignee_group.data = stage.get("assignee", "") if kind == "group" else ""
         self.approver_source.data = stage.get("approver_source", "addresses")
         self.approvers.data = "\n".join(stage.get("approvers", []))
         self.approver_field.data = stage.get("approver_field", "")
@@ -322,6 +329,7 @@ class StageForm(BaseForm):
             data["assignee"] = {
                 "user": (self.assignee_user.data or "").lower(),
                 "role": self.assignee_queue.data,
+                "group": self.assignee_group.data or "",
             }.get(assignee_kind, "")
         elif kind == "approval":
             data.update(

@@ -10,6 +10,7 @@ from webapp.models.cases import (
     CaseTypeVersion,
     OutboundMessage,
 )
+from webapp.models.groups import WorkGroup, work_group_members
 from webapp.models.inbound import InboundMessage, InboundStatus
 from webapp.models.user import ApiToken, Role, User
 
@@ -30,4 +31,6 @@ __all__ = [
     "OutboundMessage",
     "Role",
     "User",
+    "WorkGroup",
+    "work_group_members",
 ]

@@ -19,6 +19,7 @@ from sqlalchemy import (
 from sqlalchemy.orm import Mapped, mapped_column, relationship
 
 from webapp.extensions import Model
+from webapp.models.groups import WorkGroup
 from webapp.models.types import UTCDateTime, utcnow
 from webapp.models.user import User
 
@@ -88,6 +89,7 @@ class Case(Model):
         Index("ix_cases_status_created", "status", "created_at", "id"),
         Index("ix_cases_assignee_status", "assignee_id", "status", "updated_at"),
         Index("ix_cases_queue_status", "queue", "status", "updated_at"),
+        Index("ix_cases_group_status", "group_id", "status", "updated_at"),
         Index("ix_cases_status_deadline", "status", "sla_deadline_at"),
     )
 
@@ -108,6 +110,9 @@ class Case(Model):
     approvals: Mapped[list[str]] = mapped_column(JSON, default=list)
     assignee_id: Mapped[int | None] = mapped_column(ForeignKey("users.id", ondelete="SET NULL"))
     queue: Mapped[str | None] = mapped_column(String(20))  # a work queue (role)
+    group_id: Mapped[int | None] = mapped_column(  # a work queue (group)
+        ForeignKey("work_groups.id", ondelete="SET NULL")
+    )
     approvers: Mapped[list[str]] = mapped_column(JSON, default=list)
     created_by_id: Mapped[int | None] = mapped_column(ForeignKey("users.id", ondelete="SET NULL"))
     created_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
@@ -124,6 +129,7 @@ class Case(Model):
     version: Mapped[CaseTypeVersion] = relationship()
     assignee: Mapped[User | None] = relationship(foreign_keys=[assignee_id])
     created_by: Mapped[User | None] = relationship(foreign_keys=[created_by_id])
+    group: Mapped[WorkGroup | None] = relationship()
     events: Mapped[list[CaseEvent]] = relationship(
         back_populates="case", order_by="CaseEvent.id", cascade="all, delete-orphan"
     )

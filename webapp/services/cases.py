@@ -9,7 +9,14 @@ from datetime import UTC, datetime, timedelta
 from sqlalchemy import Select, String, and_, cast, func, or_, select, tuple_, update
 from sqlalchemy.orm.exc import StaleDataError
 
-from webapp.casetypes.definition import APPROVAL, WORK, Definition, StageDef, check_values
+from webapp.casetypes.definition import (
+    APPROVAL,
+    EMAIL_RE,
+    WORK,
+    Definition,
+    StageDef,
+    check_values,
+)
 from webapp.casetypes.engine import (
     Actor,
     CaseActionError,
@@ -31,14 +38,17 @@ from webapp.models import (
     CaseTypeVersion,
     OutboundMessage,
     User,
+    work_group_members,
 )
 from webapp.models.types import utcnow
 from webapp.services.casetypes import version_definition
+from webapp.services.groups import find_group, group_names_of
 
 MAX_ATTACHMENT_BYTES = 10 * 1024 * 1024
 CHANNELS = ("web", "email", "api", "system")
 EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 REFERENCE_RE = re.compile(r"^[A-Za-z][A-Za-z0-9]{0,9}-\d{1,12}$")
+CONTROL_CHARS = re.compile(r"[\x00-\x1f\x7f]")
 
 
 class CaseError(ValueError):
@@ -56,7 +66,7 @@ class AlreadyProcessed(CaseError):
 def actor_for(user: User | None, channel: str) -> Actor:
     if user is None:
         return Actor(email="system", role="system", channel=channel)
-    return Actor(email=user.email, role=user.role, channel=channel)
+    return Actor(email=user.email, role=user.role, channel=channel, groups=group_names_of(user))
 
 
 def definition_of(case: Case) -> Definition:
@@ -113,6 +123,9 @@ def open_case(
     requester = requester.strip().lower()
     if len(requester) > 320:
         errors["requester"] = "That address is too long."
+    elif requester and not EMAIL_RE.match(requester):
+        # The requester is notified: anything but one address would misdirect the mail.
+        errors["requester"] = "Enter the requester's email address, such as name@example.com."
     if errors:
         raise CaseError("Some fields need a change: " + " ".join(errors.values()), errors)
     number = _next_number(case_type.id)
@@ -176,11 +189,18 @@ def _enter_stage(case: Case, definition: Definition, stage: StageDef, now: datet
     case.approvers = list(resolve_approvers(stage, case.fields or {}))
     case.assignee_id = None
     case.queue = None
+    case.group = None
     if stage.kind == WORK and stage.assignee_kind == "user":
         assignee = db.session.scalar(select(User).where(User.email == stage.assignee.lower()))
         case.assignee_id = assignee.id if assignee else None
     elif stage.kind == WORK and stage.assignee_kind == "role":
         case.queue = stage.assignee
+    elif stage.kind == WORK and stage.assignee_kind == "group":
+        case.group = find_group(stage.assignee)
+        if case.group is None:
+            # Publishing checks the group exists, but it may have been deleted since: the
+            # admins' queue gets the case rather than nobody.
+            case.queue = "admin"
     case.sla_goal_at = now + timedelta(hours=stage.sla_goal_hours) if stage.sla_goal_hours else None
     case.sla_deadline_at = (
         now + timedelta(hours=stage.sla_deadline_hours) if stage.sla_deadline_hours else None
@@ -225,7 +245,8 @@ def _queue_notifications(case: Case, definition: Definition, stage: StageDef) ->
                 case=case,
                 stage=stage.key,
                 recipients=recipients,
-                subject=render(note.subject, values)[:998],
+                # A field value may hold line breaks; in a subject they would start new headers.
+                subject=" ".join(render(note.subject, values).split())[:998],
                 body=render(note.body, values),
                 attach_case_files=note.attach_files,
                 status="pending",
@@ -331,8 +352,12 @@ def update_fields(
 def add_attachment(
     case: Case, filename: str, content_type: str, data: bytes, *, user: User | None
 ) -> CaseAttachment:
-    """Store a file on the case; raises CaseError when it is empty or too large."""
-    name = filename.replace("\\", "/").rsplit("/", 1)[-1].strip()[:255] or "attachment"
+    """Store a file on the case; raises CaseError when it is empty or too large,
+    AlreadyProcessed."""
+    # Only the last path part, without control characters (which would break the download's
+    # Content-Disposition header).
+    name = CONTROL_CHARS.sub("", filename.replace("\\", "/").rsplit("/", 1)[-1]).strip()
+    name = name[:255] or "attachment"
     if not data:
         raise CaseError("The file is empty.")
     if len(data) > MAX_ATTACHMENT_BYTES:
@@ -348,18 +373,28 @@ def add_attachment(
     db.session.add(attachment)
     _event(case, actor_for(user, "web"), user, "comment", action="Attached", comment=name)
     case.updated_at = utcnow()
-    db.session.flush()
+    _flush_case(case)
     return attachment
 
 
 def add_comment(case: Case, text: str, *, user: User | None, channel: str = "web") -> None:
-    """Add a note to the timeline; raises CaseError when it is empty."""
+    """Add a note to the timeline; raises CaseError when it is empty, AlreadyProcessed."""
     text = text.strip()
     if not text:
         raise CaseError("Write a comment first.")
     _event(case, actor_for(user, channel), user, "comment", action="Comment", comment=text[:5000])
     case.updated_at = utcnow()
-    db.session.flush()
+    _flush_case(case)
+
+
+def _flush_case(case: Case) -> None:
+    """Write the case; raises AlreadyProcessed when another transaction changed it first."""
+    # Worded before the flush: after a failed flush the case cannot be read any more.
+    message = f"{case.reference} was changed by someone else at the same time; try again."
+    try:
+        db.session.flush()
+    except StaleDataError:
+        raise AlreadyProcessed(message) from None
 
 
 def actions_for(case: Case, user: User) -> list[tuple[str, str, str, bool]]:
@@ -384,6 +419,7 @@ class QueueFilter:
     status: str = "open"  # open / resolved / "" for both
     assignee_id: int | None = None
     queue: str = ""
+    group_id: int | None = None
     overdue: bool = False
     text: str = ""
     sort: str = "updated"
@@ -409,6 +445,8 @@ def _queue_statement(filters: QueueFilter, now: datetime) -> Select[Case]:
         stmt = stmt.where(Case.assignee_id == filters.assignee_id)
     if filters.queue:
         stmt = stmt.where(Case.queue == filters.queue)
+    if filters.group_id:
+        stmt = stmt.where(Case.group_id == filters.group_id)
     if filters.overdue:
         stmt = stmt.where(Case.status == "open", Case.sla_deadline_at < now)
     if filters.text:
@@ -427,16 +465,30 @@ def _queue_statement(filters: QueueFilter, now: datetime) -> Select[Case]:
             or_(
                 Case.assignee_id == user.id,
                 and_(Case.assignee_id.is_(None), Case.queue == user.role),
-                cast(Case.approvers, String).like(f'%"{user.email}"%'),
+                and_(
+                    Case.assignee_id.is_(None),
+                    Case.group_id.in_(
+                        select(work_group_members.c.group_id).where(
+                            work_group_members.c.user_id == user.id
+                        )
+                    ),
+                ),
+                cast(Case.approvers, String).like(f'%"{_like_escaped(user.email)}"%', escape="\\"),
                 # Unassigned work: anyone who works cases may take it.
                 and_(
                     Case.assignee_id.is_(None),
                     Case.queue.is_(None),
+                    Case.group_id.is_(None),
                     cast(Case.approvers, String) == "[]",
                 ),
             )
         )
     return stmt
+
+
+def _like_escaped(text: str) -> str:
+    """`text` matched literally by LIKE (an email may hold _ , which matches any character)."""
+    return text.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
 
 
 def queue_page(filters: QueueFilter, *, after: str = "", per_page: int = 25) -> QueuePage:

@@ -6,7 +6,7 @@ import copy
 import re
 from typing import Any
 
-from sqlalchemy import func, select
+from sqlalchemy import func, select, update
 
 from webapp.casetypes.definition import (
     APPROVAL,
@@ -21,6 +21,8 @@ from webapp.casetypes.definition import (
 from webapp.casetypes.starters import STARTERS
 from webapp.extensions import db
 from webapp.models import CaseCounter, CaseType, CaseTypeVersion, User
+from webapp.models.types import utcnow
+from webapp.services.groups import unknown_groups
 
 PREFIX_RE = re.compile(r"^[A-Z][A-Z0-9]{0,9}$")
 FIRST_CASE_NUMBER = 1001
@@ -201,6 +203,13 @@ def update_stage(case_type: CaseType, key: str, values: dict[str, Any]) -> None:
         raise CaseTypeError(f"There is already a stage named {name!r}.")
     draft["stages"][index] = {**values, "key": key, "kind": draft["stages"][index]["kind"]}
     _save_checked(case_type, draft)
+    missing = [
+        p
+        for p in unknown_groups(draft_definition(case_type))
+        if p.path.startswith(f"stages[{index}].")
+    ]
+    if missing:
+        raise CaseTypeError(_sentence(missing), missing)
 
 
 def remove_stage(case_type: CaseType, key: str) -> None:
@@ -266,7 +275,7 @@ def publication_problems(case_type: CaseType) -> list[Problem]:
         definition = draft_definition(case_type)
     except DefinitionError as exc:
         return exc.problems
-    return list(definition.problems) + unknown_users(definition)
+    return list(definition.problems) + unknown_users(definition) + unknown_groups(definition)
 
 
 def publish(case_type: CaseType, acting: User | None) -> CaseTypeVersion:
@@ -275,7 +284,22 @@ def publish(case_type: CaseType, acting: User | None) -> CaseTypeVersion:
     if problems:
         raise CaseTypeError(f"The draft cannot be published yet: {_sentence(problems)}", problems)
     definition = draft_definition(case_type)
-    latest = case_type.latest_version
+    # Writing the case type row first makes a concurrent publish of the same type wait for
+    # this transaction (a row lock on PostgreSQL, the write lock on SQLite) and then read the
+    # version it made, instead of both numbering the same version.
+    db.session.execute(
+        update(CaseType)
+        .where(CaseType.id == case_type.id)
+        .values(updated_at=utcnow())
+        .execution_options(synchronize_session=False)
+    )
+    latest = db.session.scalar(
+        select(CaseTypeVersion)
+        .where(CaseTypeVersion.case_type_id == case_type.id)
+        .order_by(CaseTypeVersion.number.desc())
+        .limit(1)
+        .execution_options(populate_existing=True)
+    )
     if latest is not None and latest.definition == definition.to_dict():
         raise CaseTypeError(f"Version {latest.number} already has this definition.")
     version = CaseTypeVersion(

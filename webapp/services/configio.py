@@ -1,4 +1,5 @@
-"""Configuration as code: export case types to YAML and import them back, idempotently."""
+"""Configuration as code: export work groups and case types to YAML and import them back,
+idempotently."""
 
 from __future__ import annotations
 
@@ -13,11 +14,13 @@ from sqlalchemy import select
 
 from webapp.casetypes.definition import DefinitionError, parse_definition
 from webapp.extensions import db
-from webapp.models import CaseType
+from webapp.models import CaseType, User
 from webapp.services import casetypes as casetype_service
+from webapp.services import groups as group_service
 
 ENV_REFERENCE = re.compile(r"\$\$|\$\{([A-Za-z_][A-Za-z0-9_]*)\}")
 CASE_TYPE_KEYS = {"name", "prefix", "description", "publish", "fields", "stages"}
+GROUP_KEYS = {"name", "members"}
 
 
 class ConfigError(ValueError):
@@ -39,6 +42,10 @@ class ImportReport:
 
 def export_config() -> dict[str, Any]:
     """Everything exportable, as plain data for YAML (no secrets)."""
+    groups = [
+        {"name": group.name, "members": [user.email for user in group.members]}
+        for group in group_service.all_groups()
+    ]
     case_types = []
     for case_type in db.session.scalars(select(CaseType).order_by(CaseType.name)):
         draft = casetype_service.draft_definition(case_type).to_dict()
@@ -52,7 +59,7 @@ def export_config() -> dict[str, Any]:
                 **draft,
             }
         )
-    return {"case_types": case_types}
+    return {"groups": groups, "case_types": case_types}
 
 
 def dump_yaml(data: Mapping[str, Any]) -> str:
@@ -147,6 +154,9 @@ def _import_case_types(items: Any, where: str, report: ImportReport) -> None:
             problems.extend(
                 f"{path}.{p.path}: {p.message}" for p in casetype_service.unknown_users(parsed)
             )
+        problems.extend(
+            f"{path}.{p.path}: {p.message}" for p in group_service.unknown_groups(parsed)
+        )
         checked.append((path, item, name, parsed.to_dict(), bool(publish)))
     if problems:
         raise ConfigError(problems)
@@ -187,7 +197,64 @@ def _apply_case_type(
     return f"case type {name}: {', '.join(done) or 'unchanged'}"
 
 
+def _import_groups(items: Any, where: str, report: ImportReport) -> None:
+    if not isinstance(items, list):
+        raise ConfigError([f"{where}: must be a list of groups."])
+    problems: list[str] = []
+    checked: list[tuple[str, list[str]]] = []
+    names: set[str] = set()
+    for index, item in enumerate(items):
+        path = f"{where}[{index}]"
+        if not isinstance(item, dict):
+            problems.append(f"{path}: must be a mapping with name and members.")
+            continue
+        for key in sorted(set(item) - GROUP_KEYS):
+            problems.append(f"{path}.{key}: unknown key; use {', '.join(sorted(GROUP_KEYS))}.")
+        name = item.get("name")
+        if not isinstance(name, str) or not name.strip():
+            problems.append(f"{path}.name: give the group a name.")
+            continue
+        name = " ".join(name.split())
+        if len(name) > group_service.MAX_NAME:
+            problems.append(f"{path}.name: use at most {group_service.MAX_NAME} characters.")
+        elif name.lower() in names:
+            problems.append(f"{path}.name: {name!r} appears twice in the file.")
+        names.add(name.lower())
+        members = item.get("members") or []
+        if not isinstance(members, list) or not all(isinstance(m, str) for m in members):
+            problems.append(f"{path}.members: must be a list of user email addresses.")
+            continue
+        emails = [m.strip().lower() for m in members if m.strip()]
+        users = {u.email: u for u in db.session.scalars(select(User).where(User.email.in_(emails)))}
+        for email in emails:
+            user = users.get(email)
+            if user is None:
+                problems.append(f"{path}.members: there is no user {email}.")
+            elif user.role not in group_service.MEMBER_ROLES:
+                problems.append(
+                    f"{path}.members: {email} is a {user.role}; only workers and admins work cases."
+                )
+        checked.append((name, emails))
+    if problems:
+        raise ConfigError(problems)
+    for name, emails in checked:
+        group = group_service.find_group(name)
+        done = []
+        if group is None:
+            group = group_service.create_group(name)
+            done.append("created")
+        elif group.name != name:
+            group_service.rename_group(group, name)
+            done.append("renamed")
+        if sorted(u.email for u in group.members) != sorted(set(emails)):
+            group_service.set_members(group, emails)
+            if "created" not in done or emails:
+                done.append("members set")
+        report.changes.append(f"group {name}: {', '.join(done) or 'unchanged'}")
+
+
 Importer = Callable[[Any, str, ImportReport], None]
 
-# Sections of the configuration file, in the order they are imported.
-SECTIONS: dict[str, Importer] = {"case_types": _import_case_types}
+# Sections of the configuration file, in the order they are imported: groups first, because
+# case type stages route to them.
+SECTIONS: dict[str, Importer] = {"groups": _import_groups, "case_types": _import_case_types}
