@@ -65,6 +65,8 @@ def test_queue_pages_filters_and_sorts(app, client, login_as, make_case_type, ma
     assert _references(html) == [refs[3]]
     html = client.get("/cases/?q=nothing+like+this").get_data(as_text=True)
     assert "No cases match" in html
+    html = client.get("/cases/?q=%25").get_data(as_text=True)  # a literal %, not a wildcard
+    assert "No cases match" in html
 
     with app.app_context():
         db.session.execute(

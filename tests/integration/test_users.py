@@ -192,3 +192,12 @@ def test_wrong_current_password_is_said_beside_the_field(client, login_as):
     )
     assert response.status_code == 400
     assert "This is not your current password." in response.get_data(as_text=True)
+
+
+def test_user_search_takes_wildcard_characters_literally(client, login_as, make_user):
+    login_as("admin")
+    make_user("worker", email="a_b@example.com")
+    make_user("worker", email="axb@example.com")
+    found = client.get("/admin/users?q=a_b").get_data(as_text=True)
+    assert "a_b@example.com" in found and "axb@example.com" not in found
+    assert "No users match" in client.get("/admin/users?q=%25").get_data(as_text=True)

@@ -11,6 +11,7 @@ from webapp.models import User
 from webapp.security import admin_required
 from webapp.services import users as user_service
 from webapp.services.status import system_status
+from webapp.services.text import like_escaped
 
 USERS_PER_PAGE = 25
 
@@ -21,8 +22,10 @@ def users():
     query = request.args.get("q", "").strip()
     stmt = select(User).order_by(User.email)
     if query:
-        pattern = f"%{query.lower()}%"
-        stmt = stmt.where(or_(User.email.like(pattern), User.name.ilike(pattern)))
+        pattern = f"%{like_escaped(query.lower())}%"
+        stmt = stmt.where(
+            or_(User.email.like(pattern, escape="\\"), User.name.ilike(pattern, escape="\\"))
+        )
     page = db.paginate(stmt, per_page=USERS_PER_PAGE, error_out=False)
     return render_template("admin/users.html", page=page, query=query)
 

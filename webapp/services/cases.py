@@ -43,6 +43,7 @@ from webapp.models import (
 from webapp.models.types import utcnow
 from webapp.services.casetypes import version_definition
 from webapp.services.groups import find_group, group_names_of
+from webapp.services.text import like_escaped
 
 MAX_ATTACHMENT_BYTES = 10 * 1024 * 1024
 CHANNELS = ("web", "email", "api", "system")
@@ -455,9 +456,12 @@ def _queue_statement(filters: QueueFilter, now: datetime) -> Select[Case]:
             # A case id is looked up in its unique index, not scanned for.
             stmt = stmt.where(Case.reference == text.upper())
         else:
-            pattern = f"%{text.lower()}%"
+            pattern = f"%{like_escaped(text.lower())}%"
             stmt = stmt.where(
-                or_(func.lower(Case.subject).like(pattern), Case.requester.like(pattern))
+                or_(
+                    func.lower(Case.subject).like(pattern, escape="\\"),
+                    Case.requester.like(pattern, escape="\\"),
+                )
             )
     if filters.mine_for is not None:
         user = filters.mine_for
@@ -473,7 +477,7 @@ def _queue_statement(filters: QueueFilter, now: datetime) -> Select[Case]:
                         )
                     ),
                 ),
-                cast(Case.approvers, String).like(f'%"{_like_escaped(user.email)}"%', escape="\\"),
+                cast(Case.approvers, String).like(f'%"{like_escaped(user.email)}"%', escape="\\"),
                 # Unassigned work: anyone who works cases may take it.
                 and_(
                     Case.assignee_id.is_(None),
@@ -484,11 +488,6 @@ def _queue_statement(filters: QueueFilter, now: datetime) -> Select[Case]:
             )
         )
     return stmt
-
-
-def _like_escaped(text: str) -> str:
-    """`text` matched literally by LIKE (an email may hold _ , which matches any character)."""
-    return text.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
 
 
 def queue_page(filters: QueueFilter, *, after: str = "", per_page: int = 25) -> QueuePage:
