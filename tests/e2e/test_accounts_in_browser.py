@@ -89,6 +89,9 @@ def test_full_editor_with_errors_then_receiver_test(
     expect(
         page.get_by_text("mail.imap.timeout must be a whole number of milliseconds")
     ).to_be_visible()
+    expect(
+        page.get_by_text("169.254.169.254 is a link-local or cloud metadata address")
+    ).to_be_visible()
     screenshot("editor-errors")
 
     page.get_by_label("Receiver advanced settings").fill("mail.imap.timeout=5000")

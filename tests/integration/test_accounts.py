@@ -162,6 +162,9 @@ def test_bad_input_is_shown_beside_each_field_and_nothing_is_saved(app, client, 
     assert "The port is a number from 1 to 65535." in html
     assert "Unknown key mail.smtp.colour (line 1)" in html
     assert "mail.imap.timeout must be a whole number of milliseconds" in html
+    # The service's refusals come in the same round as the form's, not after they are fixed.
+    assert "Use 1 to 64 letters, digits, dots, hyphens or underscores" in html
+    assert "Microsoft Graph can send only for the provider Microsoft Office 365." in html
     assert _count(app) == 0
 
     response = _post(
@@ -172,6 +175,36 @@ def test_bad_input_is_shown_beside_each_field_and_nothing_is_saved(app, client, 
     assert "Use 1 to 64 letters, digits, dots, hyphens or underscores" in html
     assert "169.254.169.254 is a link-local or cloud metadata address" in html
     assert 'class="invalid-feedback' in html
+    assert _count(app) == 0
+
+
+def test_quick_form_shows_every_refused_field_at_once(app, client, login_as):
+    login_as("admin")
+    response = _post(
+        client,
+        "/admin/accounts/new",
+        {
+            "account_id": "sales",
+            "name": "Sales",
+            "provider": "other",
+            "email": "not an address",
+            "password": "",
+            "smtp_host": "169.254.169.254",
+            "smtp_port": "587",
+            "smtp_security": "starttls",
+            "receiver_protocol": "imap",
+            "receiver_host": "imap.example.com",
+            "receiver_port": "99999",
+            "receiver_security": "ssl",
+        },
+    )
+    html = response.get_data(as_text=True)
+    assert response.status_code == 400
+    assert "Invalid email address." in html
+    assert "The port is a number from 1 to 65535." in html
+    assert "169.254.169.254 is a link-local or cloud metadata address" in html
+    assert "Enter the password." in html
+    assert "Enter the port." not in html  # the form already said what is wrong with it
     assert _count(app) == 0
 
 

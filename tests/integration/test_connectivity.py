@@ -9,6 +9,7 @@ import pytest
 
 from webapp.extensions import db
 from webapp.models import EmailAccount
+from webapp.services import accounts
 from webapp.services.accounts import check_connectivity
 
 DASH = "\u2013"
@@ -165,6 +166,23 @@ def test_a_server_that_never_answers_is_a_timeout(app, make_account, silent_serv
     result = _test(app, pk, "sender")
     assert result.message == (
         f"Timeout: 127.0.0.1:{silent_server} did not answer within 0.3 seconds."
+    )
+
+
+def test_test_connectivity_waits_at_most_test_timeout(
+    app, make_account, silent_server, monkeypatch
+):
+    # The account's own ten-minute timeout is for its listeners and senders, not for a page.
+    monkeypatch.setattr(accounts, "TEST_TIMEOUT", 0.5)
+    pk = make_account(smtp_port=silent_server, smtp_advanced={"mail.smtp.timeout": "600000"})
+    results = []
+    worker = threading.Thread(target=lambda: results.append(_test(app, pk, "sender")))
+    worker.daemon = True
+    worker.start()
+    worker.join(timeout=10)
+    assert not worker.is_alive(), "Test connectivity kept waiting"
+    assert results[0].message == (
+        f"Timeout: 127.0.0.1:{silent_server} did not answer within 0.5 seconds."
     )
 
 

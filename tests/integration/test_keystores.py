@@ -16,6 +16,7 @@ from tests.fixtures.app import csrf_token
 from tests.integration.test_accounts import FULL, _full_fields, _post
 from webapp.extensions import db
 from webapp.models import EmailAccount, Keystore
+from webapp.services.auth_profiles import save_profile
 
 
 def make_pkcs12(alias: str, password: str, days: int = 365) -> bytes:
@@ -137,3 +138,33 @@ def test_a_keystore_in_use_cannot_be_deleted(
     assert "The accounts desk use this keystore; change them first." in response.get_data(
         as_text=True
     )
+
+
+def test_a_truststore_used_by_an_oauth_profile_cannot_be_deleted(
+    app, client, login_as, test_ca_truststore
+):
+    with app.app_context():
+        save_profile(
+            None,
+            {
+                "name": "Contoso Graph",
+                "grant": "client_credentials",
+                "authority": "https://login.microsoftonline.com/contoso",
+                "graph_url": "https://graph.microsoft.com",
+                "client_id": "app-1",
+                "truststore_id": test_ca_truststore,
+            },
+            {"client_secret": "s3cret"},
+        )
+        db.session.commit()
+    login_as("admin")
+    path = f"/admin/keystores/{test_ca_truststore}"
+    token = csrf_token(client, path)
+    response = client.post(path + "/delete", data={"csrf_token": token}, follow_redirects=True)
+    assert response.status_code == 200
+    assert (
+        "The OAuth 2.0 profiles Contoso Graph use this keystore; change them first."
+        in response.get_data(as_text=True)
+    )
+    with app.app_context():
+        assert db.session.get(Keystore, test_ca_truststore) is not None

@@ -4,6 +4,8 @@ SMTP XOAUTH2, and the token cache."""
 from __future__ import annotations
 
 import json
+import socket
+import threading
 import time
 
 import pytest
@@ -11,8 +13,9 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
 
 from webapp.extensions import db
-from webapp.mail import graph
-from webapp.mail.oauth import REFRESH_MARGIN, OAuthError, fetch_token
+from webapp.mail import graph, oauth
+from webapp.mail.hostpolicy import HostPolicy
+from webapp.mail.oauth import REFRESH_MARGIN, OAuthError, OAuthSettings, fetch_token
 from webapp.models import AuthProfile, EmailAccount
 from webapp.services.accounts import check_connectivity
 from webapp.services.auth_profiles import (
@@ -238,10 +241,15 @@ def test_graph_send_mail(app, graph_server, make_profile):
         "body": {"contentType": "Text", "content": "Hi"},
         "toRecipients": [{"emailAddress": {"address": "a@example.com"}}],
     }
-    graph.send_mail(graph_server.base_url, "support@contoso.example", token, settings, message)
+    policy = HostPolicy.ALLOW_PRIVATE
+    graph.send_mail(
+        graph_server.base_url, "support@contoso.example", token, settings, policy, message
+    )
     assert graph_server.sent == [("support@contoso.example", message)]
     with pytest.raises(graph.GraphError, match="InvalidAuthenticationToken"):
-        graph.send_mail(graph_server.base_url, "x@contoso.example", "bad", settings, message)
+        graph.send_mail(
+            graph_server.base_url, "x@contoso.example", "bad", settings, policy, message
+        )
 
 
 def test_smtp_xoauth2_with_the_profile_token(
@@ -346,3 +354,150 @@ def test_quick_form_with_an_oauth_profile_instead_of_a_password(
         assert account.sender_auth_profile_id == account.receiver_auth_profile_id == profile
         assert account.smtp_host == "smtp.office365.com"
         assert account.smtp_password_encrypted is None
+
+
+def test_changed_client_secret_is_used_at_once(app, graph_server, make_profile):
+    pk = _graph_profile(graph_server, make_profile)
+    assert _token(app, pk).access_token
+    with app.app_context():
+        profile = db.session.get(AuthProfile, pk)
+        values = {
+            name: getattr(profile, name)
+            for name in ("name", "grant", "authority", "graph_url", "client_id", "truststore_id")
+        }
+        save_profile(profile, values, {"client_secret": "not the secret"})
+        db.session.commit()
+    with pytest.raises(OAuthError, match="invalid_client"):
+        _token(app, pk)
+
+
+def test_token_endpoint_named_by_the_authority_is_checked_too(app, graph_server, make_profile):
+    pk = _graph_profile(graph_server, make_profile)
+    graph_server.state.token_endpoint = "https://169.254.169.254/latest/api/token"
+    with pytest.raises(OAuthError) as caught:
+        _token(app, pk)
+    assert str(caught.value) == (
+        "OAuth token request failed: 169.254.169.254 is a link-local or cloud metadata address "
+        "(169.254.169.254); mail servers are never reached there."
+    )
+
+
+def test_graph_redirect_to_a_metadata_address_is_refused(
+    app, graph_server, make_profile, make_account
+):
+    profile = _graph_profile(graph_server, make_profile)
+    graph_server.state.redirects["/v1.0/users/support@contoso.example/mailFolders"] = (
+        "https://169.254.169.254/latest/meta-data/"
+    )
+    pk = make_account(
+        provider="office365",
+        receiver_protocol="graph",
+        graph_receiver_upn="support@contoso.example",
+        receiver_auth_profile_id=profile,
+    )
+    with app.app_context():
+        result = check_connectivity(db.session.get(EmailAccount, pk), "receiver")
+    assert not result.ok
+    assert result.message == (
+        "Microsoft Graph could not be reached: 169.254.169.254 is a link-local or cloud "
+        "metadata address (169.254.169.254); mail servers are never reached there."
+    )
+
+
+def test_graph_answer_that_is_not_a_folder_list_is_one_sentence(
+    app, graph_server, make_profile, make_account
+):
+    profile = _graph_profile(graph_server, make_profile)
+    # The authority's discovery document is JSON, but not Graph's answer.
+    graph_server.state.redirects["/v1.0/users/support@contoso.example/mailFolders"] = (
+        f"{graph_server.authority}/v2.0/.well-known/openid-configuration"
+    )
+    pk = make_account(
+        provider="office365",
+        receiver_protocol="graph",
+        graph_receiver_upn="support@contoso.example",
+        receiver_auth_profile_id=profile,
+    )
+    with app.app_context():
+        result = check_connectivity(db.session.get(EmailAccount, pk), "receiver")
+    assert not result.ok
+    assert result.message == (
+        f"{graph_server.base_url} did not answer like Microsoft Graph (no folder list); check "
+        "the Graph endpoint of the OAuth 2.0 profile."
+    )
+
+
+def test_authority_that_never_answers_times_out(monkeypatch):
+    monkeypatch.setattr(oauth, "HTTP_TIMEOUT", 1)
+    silent = socket.create_server(("127.0.0.1", 0))
+    settings = OAuthSettings(
+        grant="client_credentials",
+        authority=f"https://127.0.0.1:{silent.getsockname()[1]}/tenant",
+        client_id="app-1",
+        client_secret="s3cret",
+        scopes=("https://graph.microsoft.com/.default",),
+    )
+    outcome: list[BaseException] = []
+
+    def request() -> None:
+        try:
+            fetch_token(settings, HostPolicy.ALLOW_PRIVATE)
+        except OAuthError as exc:
+            outcome.append(exc)
+
+    worker = threading.Thread(target=request, daemon=True)
+    try:
+        worker.start()
+        worker.join(timeout=10)
+        assert not worker.is_alive(), "the token request did not time out"
+    finally:
+        silent.close()
+    assert [str(e) for e in outcome] == [
+        "OAuth token request failed: 127.0.0.1 did not answer within 1 seconds."
+    ]
+
+
+def test_profile_form_shows_every_refused_field_at_once(app, client, login_as):
+    from tests.fixtures.app import csrf_token
+
+    login_as("admin")
+    token = csrf_token(client, "/admin/auth-profiles/new")
+    response = client.post(
+        "/admin/auth-profiles/new",
+        data={
+            "csrf_token": token,
+            "name": "",
+            "grant": "client_credentials",
+            "authority": "https://169.254.169.254/tenant",
+            "graph_url": "https://graph.microsoft.com",
+            "client_id": "",
+        },
+    )
+    html = response.get_data(as_text=True)
+    assert response.status_code == 400
+    assert "This field is required." in html  # the form's word on the name
+    assert "169.254.169.254 is a link-local or cloud metadata address" in html
+    assert "Enter the application (client) ID." in html
+    assert "Enter the client secret." in html
+    assert "Enter a name." not in html
+
+
+def test_switching_the_grant_drops_the_secrets_it_no_longer_uses(app, make_profile):
+    pk = make_profile(
+        {"client_secret": "s3cret", "password": "user pw"},
+        grant="password",
+        authority="https://login.microsoftonline.com/contoso",
+        graph_url="https://graph.microsoft.com",
+        client_id="app-1",
+        username="support@contoso.example",
+    )
+    with app.app_context():
+        profile = db.session.get(AuthProfile, pk)
+        values = {
+            name: getattr(profile, name)
+            for name in ("name", "grant", "authority", "graph_url", "client_id", "truststore_id")
+        }
+        save_profile(profile, {**values, "grant": "client_credentials"}, {})
+        db.session.commit()
+        assert profile.client_secret_encrypted is not None
+        assert profile.password_encrypted is None

@@ -54,7 +54,15 @@ def test_override_helpers():
 
 @pytest.mark.parametrize(
     "address",
-    ["169.254.169.254", "fe80::1", "fd00:ec2::254", "100.100.100.200", "::ffff:169.254.169.254"],
+    [
+        "169.254.169.254",
+        "fe80::1",
+        "fd00:ec2::254",
+        "100.100.100.200",
+        "192.0.0.192",
+        "::ffff:169.254.169.254",
+        "2002:a9fe:a9fe::1",
+    ],
 )
 def test_link_local_and_metadata_are_always_refused(address):
     for policy in HostPolicy:
@@ -65,7 +73,7 @@ def test_link_local_and_metadata_are_always_refused(address):
 def test_private_addresses_follow_the_policy():
     for host in ("10.0.0.5", "192.168.1.2", "127.0.0.1", "localhost", "mail.corp.internal"):
         check_host(host, HostPolicy.ALLOW_PRIVATE)
-    for host in ("10.0.0.5", "127.0.0.1", "localhost", "[::1]"):
+    for host in ("10.0.0.5", "127.0.0.1", "localhost", "[::1]", "fec0::25", "2002:a00:5::1"):
         with pytest.raises(HostRefused, match="public-only"):
             check_host(host, HostPolicy.PUBLIC_ONLY)
     check_host("smtp.gmail.com", HostPolicy.PUBLIC_ONLY)

@@ -48,7 +48,8 @@ def _put_errors(form: Any, errors: dict[str, str]) -> None:
             )
         if field is None:
             flash(message, "danger")
-        else:
+        elif not field.errors:
+            # The form's own message about a field is the more precise one.
             field.errors = [*field.errors, message]
 
 
@@ -82,6 +83,16 @@ def new_quick():
             db.session.commit()
             flash(f"Account {account.account_id} saved. Test its connectivity below.", "success")
             return redirect(url_for("accounts.show", account_pk=account.id))
+    elif form.is_submitted():
+        # Every refused field in one round, not the form's first and the service's next time.
+        values = form.values()
+        account_service.apply_preset(values)
+        _put_errors(
+            form,
+            account_service.account_errors(
+                None, form.account_id.data or "", values, {"smtp_password": form.password.data}
+            ),
+        )
     status = 400 if form.is_submitted() else 200
     return render_template("accounts/quick.html", form=form, presets=_presets_json()), status
 
@@ -111,6 +122,14 @@ def _editor(account: EmailAccount | None):
             db.session.commit()
             flash(f"Account {saved.account_id} saved.", "success")
             return redirect(url_for("accounts.show", account_pk=saved.id))
+    elif form.is_submitted():
+        # Every refused field in one round, not the form's first and the service's next time.
+        _put_errors(
+            form,
+            account_service.account_errors(
+                account, form.account_id.data or "", form.values(), form.passwords()
+            ),
+        )
     status = 400 if form.is_submitted() else 200
     return render_template(
         "accounts/editor.html",
@@ -277,6 +296,8 @@ def _profile_editor(profile: AuthProfile | None):
             db.session.commit()
             flash(f"OAuth 2.0 profile {saved.name} saved.", "success")
             return redirect(url_for("accounts.auth_profiles"))
+    elif form.is_submitted():
+        _put_errors(form, profile_service.profile_errors(profile, form.values(), form.secrets()))
     # A pasted key is a secret: never send it back to the browser.
     form.service_account_key.data = ""
     status = 400 if form.is_submitted() else 200

@@ -122,6 +122,14 @@ def explain(exc: BaseException, endpoint: Endpoint) -> str:
     return f"Could not talk to {endpoint.where}: {exc}."
 
 
+def server_answer(raw: object) -> str:
+    """A server's answer (bytes, text or an exception's first argument) as one sentence."""
+    if isinstance(raw, BaseException) and raw.args:
+        raw = raw.args[0]
+    text = raw.decode("utf-8", "replace") if isinstance(raw, bytes) else str(raw)
+    return " ".join(text.split()).rstrip(".") + "."
+
+
 def tls_version(sock: object) -> str:
     """The negotiated TLS version of a socket, e.g. "TLSv1.3", or "" for a plain socket."""
     if isinstance(sock, ssl.SSLSocket):

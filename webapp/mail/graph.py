@@ -8,6 +8,7 @@ from urllib.parse import quote
 import requests
 
 from webapp.mail.connect import DASH
+from webapp.mail.hostpolicy import HostPolicy, HostRefused
 from webapp.mail.oauth import OAuthSettings, http_session
 
 DEFAULT_GRAPH_URL = "https://graph.microsoft.com"
@@ -40,24 +41,59 @@ def _url(graph_url: str, upn: str, tail: str) -> str:
     return f"{graph_url.rstrip('/')}/v1.0/users/{quote(upn, safe='@')}/{tail}"
 
 
-def check_mailbox(
-    graph_url: str, upn: str, token: str, settings: OAuthSettings, timeout: float = 30
-) -> str:
-    """List the mailbox's top-level folders; returns what was used. Raises GraphError."""
-    with http_session(settings) as session:
+def _request(
+    method: str,
+    url: str,
+    token: str,
+    settings: OAuthSettings,
+    policy: HostPolicy,
+    timeout: float,
+    **kwargs: Any,
+) -> requests.Response:
+    with http_session(settings, policy) as session:
         try:
-            response = session.get(
-                _url(graph_url, upn, "mailFolders"),
+            return session.request(
+                method,
+                url,
                 headers={"Authorization": f"Bearer {token}"},
-                params={"$top": "100"},
                 timeout=timeout,
+                **kwargs,
             )
+        except HostRefused as exc:
+            raise GraphError(f"Microsoft Graph could not be reached: {exc}") from None
         except requests.RequestException as exc:
             raise GraphError(
                 f"Microsoft Graph could not be reached: {type(exc).__name__}."
             ) from None
+
+
+def check_mailbox(
+    graph_url: str,
+    upn: str,
+    token: str,
+    settings: OAuthSettings,
+    policy: HostPolicy,
+    timeout: float = 30,
+) -> str:
+    """List the mailbox's top-level folders; returns what was used. Raises GraphError."""
+    response = _request(
+        "GET",
+        _url(graph_url, upn, "mailFolders"),
+        token,
+        settings,
+        policy,
+        timeout,
+        params={"$top": "100"},
+    )
     _raise_for(response, upn)
-    count = len(response.json().get("value", []))
+    try:
+        folders = response.json()["value"]
+        count = len(folders)
+    except (ValueError, KeyError, TypeError):
+        raise GraphError(
+            f"{graph_url} did not answer like Microsoft Graph (no folder list); check the "
+            "Graph endpoint of the OAuth 2.0 profile."
+        ) from None
     noun = "folder" if count == 1 else "folders"
     return f"Microsoft Graph as {upn} {DASH} {count} {noun}"
 
@@ -67,20 +103,18 @@ def send_mail(
     upn: str,
     token: str,
     settings: OAuthSettings,
+    policy: HostPolicy,
     message: dict[str, Any],
     timeout: float = 30,
 ) -> None:
     """POST /users/{upn}/sendMail with a Graph message resource. Raises GraphError."""
-    with http_session(settings) as session:
-        try:
-            response = session.post(
-                _url(graph_url, upn, "sendMail"),
-                headers={"Authorization": f"Bearer {token}"},
-                json={"message": message, "saveToSentItems": True},
-                timeout=timeout,
-            )
-        except requests.RequestException as exc:
-            raise GraphError(
-                f"Microsoft Graph could not be reached: {type(exc).__name__}."
-            ) from None
+    response = _request(
+        "POST",
+        _url(graph_url, upn, "sendMail"),
+        token,
+        settings,
+        policy,
+        timeout,
+        json={"message": message, "saveToSentItems": True},
+    )
     _raise_for(response, upn)

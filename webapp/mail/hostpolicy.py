@@ -22,8 +22,12 @@ class HostPolicy(enum.StrEnum):
 
 DEFAULT_POLICY = HostPolicy.ALLOW_PRIVATE
 
-# Metadata services outside the link-local ranges (AWS IPv6, Alibaba Cloud).
-_METADATA = {ipaddress.ip_address("fd00:ec2::254"), ipaddress.ip_address("100.100.100.200")}
+# Metadata services outside the link-local ranges (AWS IPv6, Alibaba Cloud, Oracle Cloud).
+_METADATA = {
+    ipaddress.ip_address("fd00:ec2::254"),
+    ipaddress.ip_address("100.100.100.200"),
+    ipaddress.ip_address("192.0.0.192"),
+}
 _HOSTNAME = re.compile(
     r"^(?=.{1,253}$)[A-Za-z0-9_]([A-Za-z0-9_-]{0,61}[A-Za-z0-9])?"
     r"(\.[A-Za-z0-9_]([A-Za-z0-9_-]{0,61}[A-Za-z0-9])?)*\.?$"
@@ -48,17 +52,25 @@ def parse_policy(value: str | None) -> HostPolicy:
 
 def check_address(address: IPAddress, policy: HostPolicy, host: str) -> None:
     """Raises HostRefused when `address` (that `host` names) may not be connected to."""
-    if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped:
-        address = address.ipv4_mapped
+    site_local = False
+    if isinstance(address, ipaddress.IPv6Address):
+        if address.ipv4_mapped:
+            address = address.ipv4_mapped
+        else:
+            # A 6to4 address leads to the IPv4 address inside it.
+            if address.sixtofour is not None:
+                check_address(address.sixtofour, policy, host)
+            site_local = address.is_site_local
     if address.is_link_local or address in _METADATA:
         raise HostRefused(
             f"{host} is a link-local or cloud metadata address ({address}); mail servers "
             "are never reached there."
         )
-    local = address.is_loopback or address.is_private
+    # Site-local IPv6 (fec0::/10) is deprecated but still private wherever it is used.
+    local = address.is_loopback or address.is_private or site_local
     if address.is_unspecified or address.is_multicast or (address.is_reserved and not local):
         raise HostRefused(f"{host} ({address}) is not an address a mail server can have.")
-    if policy is HostPolicy.PUBLIC_ONLY and not address.is_global:
+    if policy is HostPolicy.PUBLIC_ONLY and (not address.is_global or site_local):
         raise HostRefused(
             f"{host} is a private or loopback address ({address}), and this installation "
             "allows only public mail servers (CASEMAIL_MAIL_HOST_POLICY=public-only)."

@@ -15,6 +15,7 @@ from webapp.mail.connect import (
     Endpoint,
     explain,
     open_socket,
+    server_answer,
     tls_version,
 )
 from webapp.mail.hostpolicy import HostPolicy
@@ -77,7 +78,7 @@ def check_imap(endpoint: Endpoint, login: MailboxLogin, policy: HostPolicy) -> s
             _sign_in(client, login)
         except imaplib.IMAP4.error as exc:
             raise ConnectivityError(
-                f"Authentication failed for {login.user}: the server answered {_text(exc)}"
+                f"Authentication failed for {login.user}: the server answered {server_answer(exc)}"
             ) from None
         status, folders = client.list()
         if status != "OK":
@@ -99,9 +100,3 @@ def check_imap(endpoint: Endpoint, login: MailboxLogin, policy: HostPolicy) -> s
     return (
         f"IMAP ({MODE_LABELS[endpoint.security]}) {security} as {login.user} {DASH} {count} {noun}"
     )
-
-
-def _text(exc: Exception) -> str:
-    raw = exc.args[0] if exc.args else exc
-    text = raw.decode("utf-8", "replace") if isinstance(raw, bytes) else str(raw)
-    return " ".join(text.split()).rstrip(".") + "."

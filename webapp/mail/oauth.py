@@ -3,26 +3,33 @@
 Requests to the authority trust only the operator's chosen CA bundle (or requests' bundled
 public CAs) and ignore proxy and CA variables of the environment (trust_env=False), so that a
 machine-wide REQUESTS_CA_BUNDLE never decides whom Casemail trusts with a client secret.
+Every connection they open checks the address it is about to reach against the host policy.
 """
 
 from __future__ import annotations
 
 import base64
+import hashlib
 import json
 import os
+import socket
 import tempfile
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
-from dataclasses import dataclass
-from typing import Any
+from dataclasses import astuple, dataclass, field
+from typing import Any, ClassVar
 from urllib.parse import urlsplit
 
 import msal
 import requests
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import padding, rsa
+from requests.adapters import HTTPAdapter
+from urllib3.connection import HTTPSConnection
+from urllib3.connectionpool import HTTPSConnectionPool
+from urllib3.exceptions import NameResolutionError, NewConnectionError
 
 from webapp.mail.hostpolicy import HostPolicy, HostRefused, resolve
 
@@ -43,17 +50,19 @@ class OAuthSettings:
     grant: str
     authority: str
     client_id: str = ""
-    client_secret: str = ""
+    client_secret: str = field(default="", repr=False)
     scopes: tuple[str, ...] = ()
     username: str = ""
-    password: str = ""
-    service_account_json: str = ""
+    password: str = field(default="", repr=False)
+    service_account_json: str = field(default="", repr=False)
     subject: str = ""
     ca_bundle_pem: str | None = None
 
     def cache_key(self) -> str:
-        who = self.subject or self.username or self.client_id
-        return f"{self.grant}|{self.authority}|{self.client_id}|{who}|{' '.join(self.scopes)}"
+        # Every field decides the token, so that a changed secret or truststore is tried at
+        # once rather than hidden behind a token obtained with the old one. Hashed: the key
+        # holds no secret.
+        return hashlib.sha256(json.dumps(astuple(self)).encode("utf-8")).hexdigest()
 
 
 @dataclass(frozen=True)
@@ -88,10 +97,82 @@ class TokenCache:
 token_cache = TokenCache()
 
 
+class _CheckedConnection(HTTPSConnection):
+    """urllib3's HTTPS connection, reaching only addresses that the host policy allows.
+
+    The check runs on the addresses resolved for this very connection, so neither a DNS answer
+    that changed since the URL was checked, nor a redirect, nor the token endpoint an authority
+    names can lead to an address the policy refuses.
+    """
+
+    policy: ClassVar[HostPolicy]
+
+    def _new_conn(self) -> socket.socket:
+        name = self._dns_host
+        try:
+            addresses = resolve(name, self.port, self.policy)
+        except socket.gaierror as exc:
+            raise NameResolutionError(self.host, self, exc) from exc
+        last: NewConnectionError | None = None
+        for address in addresses:
+            self._dns_host = address
+            try:
+                return super()._new_conn()
+            except NewConnectionError as exc:
+                last = exc
+            finally:
+                self._dns_host = name
+        assert last is not None
+        raise last
+
+
+def _checked_pool(policy: HostPolicy) -> type[HTTPSConnectionPool]:
+    connection = type("CheckedHTTPSConnection", (_CheckedConnection,), {"policy": policy})
+    return type("CheckedHTTPSConnectionPool", (HTTPSConnectionPool,), {"ConnectionCls": connection})
+
+
+_CHECKED_POOLS = {policy: _checked_pool(policy) for policy in HostPolicy}
+
+
+class _CheckedAdapter(HTTPAdapter):
+    def __init__(self, policy: HostPolicy) -> None:
+        self._pool = _CHECKED_POOLS[policy]
+        super().__init__()
+
+    def init_poolmanager(self, *args: Any, **kwargs: Any) -> None:
+        super().init_poolmanager(*args, **kwargs)
+        self.poolmanager.pool_classes_by_scheme = {"https": self._pool}
+
+    def send(
+        self,
+        request: requests.PreparedRequest,
+        stream: bool = False,
+        timeout: float | tuple[float, float] | tuple[float, None] | None = None,
+        verify: bool | str = True,
+        cert: bytes | str | tuple[bytes | str, bytes | str] | None = None,
+        proxies: Mapping[str, str] | None = None,
+    ) -> requests.Response:
+        # msal passes no timeout to a session it is given; an authority that never answers
+        # must not hold a request (and the page waiting on it) for ever.
+        return super().send(
+            request,
+            stream=stream,
+            timeout=HTTP_TIMEOUT if timeout is None else timeout,
+            verify=verify,
+            cert=cert,
+            proxies=proxies,
+        )
+
+
 @contextmanager
-def http_session(settings: OAuthSettings) -> Iterator[requests.Session]:
+def http_session(settings: OAuthSettings, policy: HostPolicy) -> Iterator[requests.Session]:
+    """A requests session for the authority and Graph: https only, each connection checked
+    against `policy`; a refused address raises HostRefused from the request."""
     session = requests.Session()
     session.trust_env = False
+    # Without an adapter for http://, a redirect to plain HTTP fails instead of leaving TLS.
+    session.adapters.clear()
+    session.mount("https://", _CheckedAdapter(policy))
     path = None
     try:
         if settings.ca_bundle_pem:
@@ -211,11 +292,18 @@ def fetch_token(settings: OAuthSettings, policy: HostPolicy, now: float | None =
         raise OAuthError(f"Unknown grant {settings.grant!r}.")
     check_url(settings.authority, policy)
     try:
-        with http_session(settings) as session:
+        with http_session(settings, policy) as session:
             if settings.grant == "jwt_bearer":
                 result = _google_token(settings, session)
             else:
                 result = _msal_token(settings, session)
+    except HostRefused as exc:
+        raise OAuthError(f"OAuth token request failed: {exc}") from None
+    except requests.Timeout:
+        raise OAuthError(
+            f"OAuth token request failed: {urlsplit(settings.authority).hostname} did not "
+            f"answer within {HTTP_TIMEOUT} seconds."
+        ) from None
     except requests.exceptions.SSLError:
         raise OAuthError(
             "OAuth token request failed: the certificate of "

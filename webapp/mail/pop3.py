@@ -14,6 +14,7 @@ from webapp.mail.connect import (
     Endpoint,
     explain,
     open_socket,
+    server_answer,
     tls_version,
 )
 from webapp.mail.hostpolicy import HostPolicy
@@ -52,7 +53,7 @@ def check_pop3(endpoint: Endpoint, login: MailboxLogin, policy: HostPolicy) -> s
             client.pass_(login.password or "")
         except poplib.error_proto as exc:
             raise ConnectivityError(
-                f"Authentication failed for {login.user}: the server answered {_text(exc)}"
+                f"Authentication failed for {login.user}: the server answered {server_answer(exc)}"
             ) from None
         count, _size = client.stat()
         version = tls_version(client.sock)
@@ -70,9 +71,3 @@ def check_pop3(endpoint: Endpoint, login: MailboxLogin, policy: HostPolicy) -> s
     return (
         f"POP3 ({MODE_LABELS[endpoint.security]}) {security} as {login.user} {DASH} {count} {noun}"
     )
-
-
-def _text(exc: Exception) -> str:
-    raw = exc.args[0] if exc.args else exc
-    text = raw.decode("utf-8", "replace") if isinstance(raw, bytes) else str(raw)
-    return " ".join(text.split()).rstrip(".") + "."

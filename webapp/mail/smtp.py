@@ -14,6 +14,7 @@ from webapp.mail.connect import (
     Endpoint,
     explain,
     open_socket,
+    server_answer,
     tls_version,
 )
 from webapp.mail.hostpolicy import HostPolicy
@@ -111,11 +112,11 @@ def check_smtp(
     except smtplib.SMTPAuthenticationError as exc:
         raise ConnectivityError(
             f"Authentication failed for {login.user if login else ''}: the server answered "
-            f"{exc.smtp_code} {_text(exc.smtp_error)}"
+            f"{exc.smtp_code} {server_answer(exc.smtp_error)}"
         ) from None
     except smtplib.SMTPResponseException as exc:
         raise ConnectivityError(
-            f"{endpoint.where} refused: {exc.smtp_code} {_text(exc.smtp_error)}"
+            f"{endpoint.where} refused: {exc.smtp_code} {server_answer(exc.smtp_error)}"
         ) from None
     except (OSError, smtplib.SMTPException, ssl.SSLError) as exc:
         raise ConnectivityError(explain(exc, endpoint)) from None
@@ -125,8 +126,3 @@ def check_smtp(
     security = version if version else INSECURE
     who = f" as {login.user}" if login is not None else ""
     return f"SMTP ({mode}) {security}{who}"
-
-
-def _text(raw: bytes | str) -> str:
-    text = raw.decode("utf-8", "replace") if isinstance(raw, bytes) else raw
-    return " ".join(text.split()).rstrip(".") + "."

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 from sqlalchemy import select
@@ -22,7 +22,7 @@ from webapp.mail.smtp import SmtpLogin, check_smtp
 from webapp.mail.tls import TLS_VERSIONS
 from webapp.models import AuthProfile, EmailAccount, Keystore, KeystoreKind
 from webapp.models.types import utcnow
-from webapp.secretbox import get_secretbox
+from webapp.secretbox import SecretError, get_secretbox
 from webapp.services.auth_profiles import oauth_settings, profile_token
 from webapp.services.mail_settings import host_policy
 
@@ -33,6 +33,13 @@ SMTP_SECURITY = ("none", "starttls", "smtps")
 RECEIVER_SECURITY = {"imap": ("ssl", "starttls", "none"), "pop3": ("ssl", "none")}
 SMTP_AUTH = ("password", "oauth", "none")
 RECEIVER_AUTH = ("password", "oauth")
+# Test connectivity runs while a page or a terminal waits: no step waits longer than this,
+# whatever longer timeouts the account sets for its listeners and senders.
+TEST_TIMEOUT = 30.0
+UNDECRYPTABLE = (
+    "A stored secret of this account cannot be decrypted with the keys in "
+    "CASEMAIL_SECRET_KEYS: put the removed key back, or enter the password again."
+)
 
 # The attributes save_account copies from the submitted values as they are.
 _PLAIN_FIELDS = (
@@ -282,17 +289,13 @@ def _check_profile(errors: dict[str, str], field: str, profile_id: int | None) -
         errors[field] = "Choose an OAuth 2.0 profile from the list."
 
 
-def save_account(
+def account_errors(
     account: EmailAccount | None,
     account_id: str,
     values: Mapping[str, Any],
     passwords: Mapping[str, str | None],
-) -> EmailAccount:
-    """Create (account None) or update an account from field values.
-
-    `passwords` holds smtp_password / receiver_password; blank keeps the stored one.
-    Raises AccountError with a sentence per refused field; nothing is changed then.
-    """
+) -> dict[str, str]:
+    """What save_account would refuse, a sentence per field; empty when it would save."""
     merged = {**_current_values(account or new_account()), **values}
     errors: dict[str, str] = {}
     if account is None:
@@ -304,8 +307,24 @@ def save_account(
         elif find_account(account_id) is not None:
             errors["account_id"] = f"An account with the ID {account_id} already exists."
     errors.update(_validate(account or new_account(), merged, passwords))
+    return errors
+
+
+def save_account(
+    account: EmailAccount | None,
+    account_id: str,
+    values: Mapping[str, Any],
+    passwords: Mapping[str, str | None],
+) -> EmailAccount:
+    """Create (account None) or update an account from field values.
+
+    `passwords` holds smtp_password / receiver_password; blank keeps the stored one.
+    Raises AccountError with a sentence per refused field; nothing is changed then.
+    """
+    errors = account_errors(account, account_id, values, passwords)
     if errors:
         raise AccountError(errors)
+    merged = {**_current_values(account or new_account()), **values}
     if account is None:
         account = new_account()
         account.account_id = account_id
@@ -425,33 +444,49 @@ def _mailbox_login(account: EmailAccount) -> MailboxLogin:
     )
 
 
+def _for_test(endpoint: Endpoint) -> Endpoint:
+    return replace(
+        endpoint,
+        connect_timeout=min(endpoint.connect_timeout, TEST_TIMEOUT),
+        read_timeout=min(endpoint.read_timeout, TEST_TIMEOUT),
+    )
+
+
 def _run_sender_test(account: EmailAccount) -> str:
     if account.sender_protocol == "graph":
         return _graph_check(
             account.sender_auth_profile, account.graph_sender_upn, account.graph_sender_timeout
         )
     local = (account.smtp_advanced or {}).get("mail.smtp.localhost")
-    return check_smtp(sender_endpoint(account), _smtp_login(account), host_policy(), local)
+    endpoint = _for_test(sender_endpoint(account))
+    return check_smtp(endpoint, _smtp_login(account), host_policy(), local)
 
 
 def _run_receiver_test(account: EmailAccount) -> str:
+    endpoint = _for_test(receiver_endpoint(account))
     if account.receiver_protocol == "imap":
-        return check_imap(receiver_endpoint(account), _mailbox_login(account), host_policy())
+        return check_imap(endpoint, _mailbox_login(account), host_policy())
     if account.receiver_protocol == "pop3":
-        return check_pop3(receiver_endpoint(account), _mailbox_login(account), host_policy())
+        return check_pop3(endpoint, _mailbox_login(account), host_policy())
     return _graph_check(account.receiver_auth_profile, account.graph_receiver_upn, None)
 
 
 def _graph_check(profile: AuthProfile | None, upn: str, timeout: int | None) -> str:
     token = _token(profile)
     assert profile is not None
+    policy = host_policy()
     try:
-        check_url(profile.graph_url, host_policy())
+        check_url(profile.graph_url, policy)
     except OAuthError as exc:
         raise ConnectivityError(str(exc)) from None
     try:
         return check_mailbox(
-            profile.graph_url, upn, token, oauth_settings(profile), timeout=timeout or 30
+            profile.graph_url,
+            upn,
+            token,
+            oauth_settings(profile),
+            policy,
+            timeout=min(timeout or TEST_TIMEOUT, TEST_TIMEOUT),
         )
     except GraphError as exc:
         raise ConnectivityError(str(exc)) from None
@@ -464,6 +499,8 @@ def check_connectivity(account: EmailAccount, side: str) -> ConnectivityResult:
         result = ConnectivityResult(True, run(account))
     except (ConnectivityError, HostRefused) as exc:
         result = ConnectivityResult(False, str(exc))
+    except SecretError:
+        result = ConnectivityResult(False, UNDECRYPTABLE)
     now = utcnow()
     if side == "sender":
         account.sender_tested_at, account.sender_test_ok = now, result.ok
@@ -494,7 +531,9 @@ def rotate_account_secrets() -> int:
         ),
     }
     for model, names in columns.items():
-        for row in db.session.scalars(select(model)):
+        # Locked until the caller commits, so that a secret saved meanwhile is rotated as
+        # saved rather than overwritten with the old one (PostgreSQL; SQLite has one writer).
+        for row in db.session.scalars(select(model).with_for_update()):
             for name in names:
                 token = getattr(row, name)
                 if token:

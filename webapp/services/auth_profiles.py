@@ -13,9 +13,9 @@ from sqlalchemy import select
 
 from webapp.extensions import db
 from webapp.mail.hostpolicy import HostRefused, check_host
-from webapp.mail.oauth import GRANTS, OAuthSettings, Token, fetch_token
+from webapp.mail.oauth import GRANTS, OAuthError, OAuthSettings, Token, fetch_token
 from webapp.models import AuthProfile, EmailAccount, Keystore, KeystoreKind
-from webapp.secretbox import get_secretbox
+from webapp.secretbox import SecretError, get_secretbox
 from webapp.services.mail_settings import host_policy
 
 DEFAULT_SCOPES = {
@@ -71,12 +71,23 @@ def _check_service_account(text: str) -> str | None:
     return None
 
 
-def save_profile(
+# The secrets each grant signs in with; saving a profile drops the ones its grant does not use.
+_GRANT_SECRETS = {
+    "client_credentials": ("client_secret",),
+    "password": ("client_secret", "password"),
+    "jwt_bearer": ("service_account_key",),
+}
+_SECRET_ATTRIBUTES = {
+    "client_secret": "client_secret_encrypted",
+    "password": "password_encrypted",
+    "service_account_key": "service_account_key_encrypted",
+}
+
+
+def profile_errors(
     profile: AuthProfile | None, values: Mapping[str, Any], secrets: Mapping[str, str | None]
-) -> AuthProfile:
-    """Create or update a profile; `secrets` holds client_secret, password, service_account_key
-    (blank keeps the stored one). Raises AuthProfileError; nothing is changed then."""
-    values = dict(values)
+) -> dict[str, str]:
+    """What save_profile would refuse, a sentence per field; empty when it would save."""
     errors: dict[str, str] = {}
     name = (values.get("name") or "").strip()
     existing = db.session.scalar(select(AuthProfile).where(AuthProfile.name == name))
@@ -90,8 +101,6 @@ def save_profile(
     _check_url(errors, "authority", values.get("authority") or "")
     if grant != "jwt_bearer":
         _check_url(errors, "graph_url", values.get("graph_url") or "")
-    if not values.get("scopes"):
-        values["scopes"] = DEFAULT_SCOPES.get(str(grant), "")
 
     def stored(attribute: str) -> bool:
         return profile is not None and bool(getattr(profile, attribute))
@@ -121,23 +130,33 @@ def save_profile(
         keystore = db.session.get(Keystore, truststore_id)
         if keystore is None or keystore.kind != KeystoreKind.TRUSTSTORE:
             errors["truststore_id"] = "Choose a truststore from the list."
+    return errors
+
+
+def save_profile(
+    profile: AuthProfile | None, values: Mapping[str, Any], secrets: Mapping[str, str | None]
+) -> AuthProfile:
+    """Create or update a profile; `secrets` holds client_secret, password, service_account_key
+    (blank keeps the stored one). Raises AuthProfileError; nothing is changed then."""
+    errors = profile_errors(profile, values, secrets)
     if errors:
         raise AuthProfileError(errors)
-
+    values = dict(values)
+    grant = str(values["grant"])
+    if not values.get("scopes"):
+        values["scopes"] = DEFAULT_SCOPES[grant]
     if profile is None:
         profile = AuthProfile()
         db.session.add(profile)
     for field in _FIELDS:
         value = values.get(field)
         setattr(profile, field, value if value is not None or field == "truststore_id" else "")
-    profile.name = name
+    profile.name = (values.get("name") or "").strip()
     box = get_secretbox()
-    for field, attribute in (
-        ("client_secret", "client_secret_encrypted"),
-        ("password", "password_encrypted"),
-        ("service_account_key", "service_account_key_encrypted"),
-    ):
-        if secrets.get(field):
+    for field, attribute in _SECRET_ATTRIBUTES.items():
+        if field not in _GRANT_SECRETS[grant]:
+            setattr(profile, attribute, None)
+        elif secrets.get(field):
             setattr(profile, attribute, box.encrypt(secrets[field] or ""))
     db.session.flush()
     return profile
@@ -170,7 +189,14 @@ def oauth_settings(profile: AuthProfile) -> OAuthSettings:
 
 def profile_token(profile: AuthProfile) -> Token:
     """An access token for the profile (cached). Raises OAuthError."""
-    return fetch_token(oauth_settings(profile), host_policy())
+    try:
+        settings = oauth_settings(profile)
+    except SecretError:
+        raise OAuthError(
+            f"A stored secret of the OAuth 2.0 profile {profile.name} cannot be decrypted with "
+            "the keys in CASEMAIL_SECRET_KEYS: put the removed key back, or enter it again."
+        ) from None
+    return fetch_token(settings, host_policy())
 
 
 def delete_profile(profile: AuthProfile) -> None:

@@ -8,7 +8,7 @@ from sqlalchemy import or_, select
 
 from webapp.extensions import db
 from webapp.mail.keystore import KeystoreError, read_pkcs12, read_truststore
-from webapp.models import EmailAccount, Keystore, KeystoreKind
+from webapp.models import AuthProfile, EmailAccount, Keystore, KeystoreKind
 from webapp.secretbox import get_secretbox
 
 
@@ -68,11 +68,20 @@ def accounts_using(keystore: Keystore) -> list[EmailAccount]:
 
 
 def delete_keystore(keystore: Keystore) -> None:
-    """Remove a keystore; raises KeystoreRefused while an account uses it."""
+    """Remove a keystore; raises KeystoreRefused while an account or OAuth profile uses it."""
     users = accounts_using(keystore)
     if users:
         names = ", ".join(a.account_id for a in users)
         raise KeystoreRefused(f"The accounts {names} use this keystore; change them first.")
+    profiles = db.session.scalars(
+        select(AuthProfile.name)
+        .where(AuthProfile.truststore_id == keystore.id)
+        .order_by(AuthProfile.name)
+    ).all()
+    if profiles:
+        raise KeystoreRefused(
+            f"The OAuth 2.0 profiles {', '.join(profiles)} use this keystore; change them first."
+        )
     db.session.delete(keystore)
     db.session.flush()
 
