@@ -7,6 +7,7 @@ pytest_plugins = [
     "tests.fixtures.browser",
     "tests.fixtures.cases",
     "tests.fixtures.accounts",
+    "tests.fixtures.listeners",
     "tests.fixtures.tlsproxy",
     "tests.fixtures.graph",
 ]

@@ -26,6 +26,7 @@ secrets_cli = AppGroup("secrets", help="Keys for secrets stored in the database.
 demo_cli = AppGroup("demo", help="Demo data for a first look.")
 config_cli = AppGroup("config", help="Configuration as code: export and import YAML.")
 accounts_cli = AppGroup("accounts", help="Email accounts: test their connectivity.")
+listeners_cli = AppGroup("listeners", help="Email listeners: list them, poll one now.")
 
 
 def _read_password(confirm: bool = True) -> str:
@@ -107,17 +108,34 @@ def users_password(email: str) -> None:
 @click.option(
     "--max-size", type=int, default=None, help="Refuse messages larger than this (bytes)."
 )
-def mail_ingest(max_size: int | None) -> None:
+@click.option(
+    "--listener",
+    "listener_id",
+    type=int,
+    default=None,
+    help="The listener (and so the rule) that handles the message; ingests it after storing.",
+)
+def mail_ingest(max_size: int | None, listener_id: int | None) -> None:
     """Store one raw message from standard input (for a mail server's pipe transport).
 
     Exit 0 when stored, 65 when the message is refused, 75 on a temporary failure so that the
     mail server keeps the message and retries.
     """
+    from webapp.models import EmailListener
     from webapp.services.intake import IntakeError, store_inbound
 
     raw = sys.stdin.buffer.read()
     try:
-        inbound = store_inbound(raw, "mta", max_size=max_size)
+        listener = db.session.get(EmailListener, listener_id) if listener_id else None
+        if listener_id and listener is None:
+            click.echo(f"refused: there is no listener with the ID {listener_id}", err=True)
+            sys.exit(EX_DATAERR)
+        inbound = store_inbound(
+            raw, "mta", max_size=listener.max_message_bytes if listener else max_size
+        )
+        if listener is not None:
+            inbound.listener_id = listener.id
+            inbound.account_id = listener.account_id
         db.session.commit()
     except IntakeError as exc:
         click.echo(f"refused: {exc}", err=True)
@@ -127,6 +145,33 @@ def mail_ingest(max_size: int | None) -> None:
         click.echo(f"temporary failure, try again later: {type(exc).__name__}", err=True)
         sys.exit(EX_TEMPFAIL)
     click.echo(f"stored inbound message #{inbound.id}")
+    if listener is not None:
+        from redis.exceptions import RedisError
+
+        from workers.inbound import enqueue_ingest
+
+        try:
+            enqueue_ingest([inbound.id])
+        except RedisError:
+            # Stored is what counts for the mail server: the reconciler enqueues it later.
+            click.echo("queued for the reconciler: the job queue is unavailable", err=True)
+
+
+@mail_cli.command("replay")
+@click.argument("inbound_id", type=int)
+def mail_replay(inbound_id: int) -> None:
+    """Ingest a quarantined message again and print what it did."""
+    from webapp.services.ingest import IngestError, replay
+
+    try:
+        inbound = replay(inbound_id)
+    except IngestError as exc:
+        db.session.rollback()
+        raise click.ClickException(str(exc)) from None
+    db.session.commit()
+    click.echo(f"#{inbound.id}: {inbound.status}. {inbound.status_reason}")
+    if inbound.status == "quarantined":
+        sys.exit(1)
 
 
 @secrets_cli.command("generate-key")
@@ -255,6 +300,69 @@ def config_import(file: str, dry_run: bool) -> None:
         click.echo("Dry run: nothing was changed.")
 
 
+@listeners_cli.command("list")
+def listeners_list() -> None:
+    """List the listeners with their health."""
+    from webapp.services.listeners import list_listeners, listener_health
+
+    rows = list_listeners()
+    if not rows:
+        click.echo("No listeners.")
+    for listener in rows:
+        health = listener_health(listener)
+        state = "disabled" if not listener.enabled else "ok" if health.healthy else "unhealthy"
+        last = (
+            listener.last_poll_at.strftime("%Y-%m-%d %H:%M:%S UTC")
+            if listener.last_poll_at
+            else "never"
+        )
+        failed = " (last poll failed)" if listener.last_poll_ok is False else ""
+        click.echo(
+            f"{listener.id}\t{listener.name}\t{listener.account.account_id}/{listener.folder}\t"
+            f"{state}\tlast poll {last}{failed}\tprocessed {listener.processed_count}\t"
+            f"quarantined {listener.quarantined_count}"
+        )
+
+
+@listeners_cli.command("run")
+@click.argument("listener_id", type=int)
+@click.option("--once", is_flag=True, required=True, help="Poll once and exit (required).")
+def listeners_run(listener_id: int, once: bool) -> None:
+    """Poll one listener now, synchronously, and print what it did."""
+    from webapp.services.receiving import ReceivingError
+    from workers.listeners import PollBusy, run_poll
+
+    try:
+        result = run_poll(listener_id)
+    except (LookupError, ReceivingError) as exc:
+        db.session.rollback()
+        raise click.ClickException(str(exc)) from None
+    except PollBusy:
+        raise click.ClickException(
+            f"Listener {listener_id} is being polled by a worker right now; try again shortly."
+        ) from None
+    click.echo(result.summary())
+    for error in result.errors:
+        click.echo(f"error: {error}", err=True)
+    if not result.ok:
+        sys.exit(1)
+
+
+@listeners_cli.command("watch")
+def listeners_watch() -> None:
+    """Watch IMAP listeners with IDLE and enqueue a poll as soon as mail arrives (until SIGTERM)."""
+    import signal
+    import threading
+
+    from workers.listeners import run_idle_watchers
+
+    stop = threading.Event()
+    for number in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(number, lambda *_: stop.set())
+    click.echo("Watching IMAP listeners with IDLE; polls stay scheduled as well.")
+    run_idle_watchers(current_app._get_current_object(), stop)  # type: ignore[attr-defined]
+
+
 def register_cli(app: Flask) -> None:
     @app.cli.command("worker")
     @click.option(
@@ -301,3 +409,4 @@ def register_cli(app: Flask) -> None:
     app.cli.add_command(demo_cli)
     app.cli.add_command(config_cli)
     app.cli.add_command(accounts_cli)
+    app.cli.add_command(listeners_cli)

@@ -22,7 +22,10 @@ def register_web(app: Flask) -> None:
     from webapp.auth import bp as auth_bp
     from webapp.cases import bp as cases_bp
     from webapp.designer import bp as designer_bp
+    from webapp.inbox import bp as inbox_bp
+    from webapp.listeners import bp as listeners_bp
     from webapp.main import bp as main_bp
+    from webapp.rules import bp as rules_bp
 
     login_manager.session_protection = "basic"
     login_manager.unauthorized_handler(_unauthorized)
@@ -34,6 +37,9 @@ def register_web(app: Flask) -> None:
     app.register_blueprint(cases_bp)
     app.register_blueprint(designer_bp)
     app.register_blueprint(accounts_bp)
+    app.register_blueprint(listeners_bp)
+    app.register_blueprint(rules_bp)
+    app.register_blueprint(inbox_bp)
     csrf.exempt(api_bp)  # bearer tokens only; see security.api_token_required
 
     add_nav_item(app, "Dashboard", "main.index", ALL_ROLES, 0, "/$")
@@ -42,6 +48,9 @@ def register_web(app: Flask) -> None:
         app, "Case types", "designer.index", (Role.ADMIN, Role.DESIGNER), 20, "/case-types"
     )
     add_nav_item(app, "Email accounts", "accounts.accounts", (Role.ADMIN,), 30, "/admin/accounts")
+    add_nav_item(app, "Listeners", "listeners.listeners", (Role.ADMIN,), 40, "/admin/listeners")
+    add_nav_item(app, "Rules", "rules.rules", (Role.ADMIN,), 50, "/admin/rules")
+    add_nav_item(app, "Incoming mail", "inbox.messages", (Role.ADMIN,), 75, "/admin/inbox", "Admin")
     add_nav_item(app, "Users", "admin.users", (Role.ADMIN,), 80, "/admin/users", "Admin")
     add_nav_item(app, "Groups", "admin.groups", (Role.ADMIN,), 85, "/admin/groups", "Admin")
     add_nav_item(app, "System", "admin.system", (Role.ADMIN,), 90, "/admin/system", "Admin")

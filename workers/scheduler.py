@@ -11,7 +11,7 @@ from rq.cron import CronScheduler
 
 from webapp.extensions import get_redis
 from webapp.services.status import HEARTBEAT_SECONDS
-from workers import jobs
+from workers import inbound, jobs, listeners
 from workers.queues import DEFAULT
 
 
@@ -22,6 +22,16 @@ def build_scheduler(app: Flask) -> CronScheduler:
     )
     scheduler.register(
         jobs.record_heartbeat, DEFAULT, interval=HEARTBEAT_SECONDS, job_timeout=30, ttl=60
+    )
+    scheduler.register(
+        inbound.requeue_stuck, DEFAULT, interval=inbound.REQUEUE_SECONDS, job_timeout=120, ttl=600
+    )
+    scheduler.register(
+        listeners.schedule_polls,
+        DEFAULT,
+        interval=listeners.SCHEDULE_SECONDS,
+        job_timeout=60,
+        ttl=listeners.SCHEDULE_SECONDS * 2,
     )
     return scheduler
 

@@ -12,9 +12,17 @@ from webapp.models.cases import (
 )
 from webapp.models.groups import WorkGroup, work_group_members
 from webapp.models.inbound import InboundMessage, InboundStatus
+from webapp.models.listeners import (
+    AfterProcessing,
+    EmailListener,
+    ResolvedCasePolicy,
+    RuleAction,
+    ServiceEmailRule,
+)
 from webapp.models.user import ApiToken, Role, User
 
 __all__ = [
+    "AfterProcessing",
     "ApiToken",
     "AuthProfile",
     "Case",
@@ -24,12 +32,16 @@ __all__ = [
     "CaseType",
     "CaseTypeVersion",
     "EmailAccount",
+    "EmailListener",
     "InboundMessage",
     "InboundStatus",
     "Keystore",
     "KeystoreKind",
     "OutboundMessage",
+    "ResolvedCasePolicy",
     "Role",
+    "RuleAction",
+    "ServiceEmailRule",
     "User",
     "WorkGroup",
     "work_group_members",

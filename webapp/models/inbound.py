@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import enum
 from datetime import datetime
+from typing import Any
 
-from sqlalchemy import LargeBinary, String, Text
+from sqlalchemy import JSON, BigInteger, ForeignKey, LargeBinary, String, Text, UniqueConstraint
 from sqlalchemy.orm import Mapped, mapped_column
 
 from webapp.extensions import Model
@@ -13,13 +14,20 @@ from webapp.models.types import UTCDateTime, utcnow
 
 
 class InboundStatus(enum.StrEnum):
-    RECEIVED = "received"
-    PROCESSED = "processed"
-    QUARANTINED = "quarantined"
+    RECEIVED = "received"  # stored, waiting to be ingested
+    PROCESSED = "processed"  # made or joined a case
+    IGNORED = "ignored"  # automatic mail (auto-replies, bounces) that makes no case
+    QUARANTINED = "quarantined"  # could not be processed; kept with the reason, replayable
 
 
 class InboundMessage(Model):
     __tablename__ = "inbound_messages"
+    # A message's identity on its server: stored once, whatever happens on the server after.
+    __table_args__ = (
+        UniqueConstraint("account_id", "folder", "uidvalidity", "uid", name="uq_inbound_imap"),
+        UniqueConstraint("account_id", "uidl", name="uq_inbound_pop3"),
+        UniqueConstraint("account_id", "graph_id", name="uq_inbound_graph"),
+    )
 
     id: Mapped[int] = mapped_column(primary_key=True)
     # How it reached us: "mta" (flask mail ingest), "devmail" (the development sandbox), and
@@ -36,3 +44,23 @@ class InboundMessage(Model):
     )
     status_reason: Mapped[str] = mapped_column(Text, default="")
     received_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow, index=True)
+
+    listener_id: Mapped[int | None] = mapped_column(
+        ForeignKey("email_listeners.id", ondelete="SET NULL"), index=True
+    )
+    account_id: Mapped[int | None] = mapped_column(
+        ForeignKey("email_accounts.id", ondelete="SET NULL")
+    )
+    folder: Mapped[str | None] = mapped_column(String(255))
+    uidvalidity: Mapped[int | None] = mapped_column(BigInteger)
+    uid: Mapped[int | None] = mapped_column(BigInteger)
+    uidl: Mapped[str | None] = mapped_column(String(70))
+    graph_id: Mapped[str | None] = mapped_column(String(255))
+    # What ingesting it did: the case it made or joined, how it was matched, which filters fired.
+    case_id: Mapped[int | None] = mapped_column(
+        ForeignKey("cases.id", ondelete="SET NULL"), index=True
+    )
+    correlation: Mapped[str] = mapped_column(Text, default="")
+    decisions: Mapped[list[Any]] = mapped_column(JSON, default=list)
+    attempts: Mapped[int] = mapped_column(default=0)
+    processed_at: Mapped[datetime | None] = mapped_column(UTCDateTime())

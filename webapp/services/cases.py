@@ -388,6 +388,29 @@ def add_comment(case: Case, text: str, *, user: User | None, channel: str = "web
     _flush_case(case)
 
 
+def reopen_case(case: Case, *, user: User | None, channel: str, comment: str = "") -> None:
+    """Move a resolved case back to its first stage; raises CaseError, AlreadyProcessed."""
+    if case.status == "open":
+        raise CaseError(f"{case.reference} is open already.")
+    definition = definition_of(case)
+    now = utcnow()
+    with db.session.no_autoflush:
+        from_stage = case.stage
+        _enter_stage(case, definition, definition.first_stage, now)
+        case.updated_at = now
+        _event(
+            case,
+            actor_for(user, channel),
+            user,
+            "action",
+            action="Reopened",
+            from_stage=from_stage,
+            to_stage=case.stage,
+            comment=comment.strip()[:5000],
+        )
+    _flush_case(case)
+
+
 def _flush_case(case: Case) -> None:
     """Write the case; raises AlreadyProcessed when another transaction changed it first."""
     # Worded before the flush: after a failed flush the case cannot be read any more.

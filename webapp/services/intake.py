@@ -8,7 +8,7 @@ from webapp.extensions import db
 from webapp.mail.summary import summarize
 from webapp.models import InboundMessage
 
-SOURCES = ("mta", "devmail")
+SOURCES = ("mta", "devmail", "imap", "pop3", "graph")
 
 
 class IntakeError(ValueError):

@@ -1,0 +1,476 @@
+"""Ingesting stored messages: one case per message, whatever is retried or raced."""
+
+from __future__ import annotations
+
+import signal
+import subprocess
+import sys
+import threading
+import time
+from datetime import timedelta
+from pathlib import Path
+
+import pytest
+from sqlalchemy import func, select
+
+from tests.fixtures.app import both_databases
+from tests.support.inbound import load, make_route, message, store
+from webapp.extensions import db, get_queue
+from webapp.models import (
+    Case,
+    CaseAttachment,
+    CaseEvent,
+    EmailListener,
+    InboundMessage,
+    OutboundMessage,
+)
+from webapp.models.types import utcnow
+from webapp.services import cases as case_service
+from webapp.services.ingest import IngestError, ingest_message, replay, stuck_message_ids
+from workers.inbound import enqueue_ingest, requeue_stuck
+from workers.queues import INBOUND
+from workers.worker import run_worker
+
+GOLDEN = Path(__file__).resolve().parents[1] / "golden" / "inbound"
+
+
+@pytest.fixture
+def route(app, make_account, make_case_type):
+    """Factory: route(**rule) -> listener id of a listener whose rule opens expense cases."""
+    account_id = make_account()
+    type_id = make_case_type()
+    return lambda **rule: make_route(app, account_id, type_id, **rule)
+
+
+def ingest(app, inbound_id: int) -> InboundMessage:
+    with app.app_context():
+        ingest_message(inbound_id)
+        db.session.commit()
+    return load(app, inbound_id)
+
+
+def count(app, model) -> int:
+    with app.app_context():
+        return db.session.scalar(select(func.count()).select_from(model))
+
+
+def timeline(app, reference: str) -> list[tuple[str, str]]:
+    with app.app_context():
+        case = case_service.find_case(reference)
+        return [(e.action, e.comment) for e in sorted(case.events, key=lambda e: e.id)]
+
+
+@both_databases
+def test_a_message_opens_one_case_with_its_mapped_fields(app, route):
+    listener_id = route()
+    inbound_id = store(app, message(), listener_id)
+
+    inbound = ingest(app, inbound_id)
+
+    assert inbound.status == "processed"
+    assert inbound.correlation == "no match"
+    with app.app_context():
+        case = db.session.get(Case, inbound.case_id)
+        assert case.reference == "EXP-1001"
+        assert case.subject == "Taxi to the airport"
+        assert case.requester == "alice@example.com"
+        assert case.fields["amount"] == "42.50"
+        assert case.fields["category"] == "Travel"
+        events = [(e.action, e.channel) for e in sorted(case.events, key=lambda e: e.id)]
+    assert events == [("Created", "email"), ("Email in", "email")]
+    assert inbound.status_reason == "Opened EXP-1001."
+
+
+@both_databases
+def test_ingesting_twice_makes_one_case_and_one_timeline_entry(app, route):
+    inbound_id = store(app, message(), route())
+    ingest(app, inbound_id)
+    again = ingest(app, inbound_id)
+    assert again.status == "processed"
+    assert again.attempts == 1
+    assert count(app, Case) == 1
+    assert count(app, CaseEvent) == 2
+
+
+@both_databases
+def test_two_workers_ingesting_the_same_message_at_once_make_one_case(app, route):
+    listener_id = route()
+    ids = [store(app, message(message_id=f"<race{i}@example.com>"), listener_id) for i in range(5)]
+    barrier = threading.Barrier(4)
+    errors: list[BaseException] = []
+
+    def work() -> None:
+        barrier.wait()
+        try:
+            with app.app_context():
+                for inbound_id in ids:
+                    ingest_message(inbound_id)
+                    db.session.commit()
+        except BaseException as exc:
+            errors.append(exc)
+
+    threads = [threading.Thread(target=work) for _ in range(4)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=60)
+    assert not errors, errors
+    assert count(app, Case) == 5
+    assert count(app, CaseEvent) == 10
+    assert {load(app, i).attempts for i in ids} == {1}
+
+
+@both_databases
+def test_an_auto_reply_is_ignored_without_a_case_or_an_answer(app, route):
+    raw = message(subject="Out of office", headers="Auto-Submitted: auto-replied\r\n")
+    inbound = ingest(app, store(app, raw, route(send_ack=True, ack_subject="Got it")))
+    assert inbound.status == "ignored"
+    assert "Auto-Submitted: auto-replied" in inbound.status_reason
+    assert count(app, Case) == 0
+    assert count(app, OutboundMessage) == 0
+
+
+@both_databases
+def test_a_bounce_is_ignored_and_linked_to_the_case_of_the_bounced_message(app, route):
+    listener_id = route()
+    first = ingest(app, store(app, message(message_id="<ours@casemail.test>"), listener_id))
+    bounce = (GOLDEN / "bounce_dsn_postfix.eml").read_bytes()
+    with app.app_context():
+        from webapp.mail.filters import screen
+
+        original = screen(bounce).outcome.original_message_id
+    raw = bounce.replace(original.encode(), b"<ours@casemail.test>")
+
+    inbound = ingest(app, store(app, raw, listener_id))
+
+    assert inbound.status == "ignored"
+    assert inbound.status_reason.startswith("A bounce, no case and no answer")
+    assert inbound.case_id == first.case_id
+    assert "bounce of <ours@casemail.test>, a message of EXP-1001" in inbound.correlation
+    assert count(app, Case) == 1
+
+
+@both_databases
+def test_a_broken_message_is_quarantined_and_can_be_replayed(app, route, runner):
+    listener_id = route()
+    raw = (GOLDEN / "broken" / "too_many_parts.eml").read_bytes()
+    inbound = ingest(app, store(app, raw, listener_id))
+    assert inbound.status == "quarantined"
+    assert inbound.status_reason == "The message has more than 500 MIME parts."
+    assert inbound.raw == raw
+
+    # Still broken: replay quarantines it again, saying why, and exits non-zero.
+    result = runner.invoke(args=["mail", "replay", str(inbound.id)])
+    assert result.exit_code == 1
+    assert "quarantined. The message has more than 500 MIME parts." in result.output
+    assert load(app, inbound.id).attempts == 2
+
+    # An admin fixes the cause (here: the rule that was missing) and replays.
+    good = store(app, message(), None)
+    assert ingest(app, good).status == "quarantined"
+    assert "No service email rule handles this message" in load(app, good).status_reason
+    with app.app_context():
+        db.session.get(InboundMessage, good).listener_id = listener_id
+        db.session.commit()
+    result = runner.invoke(args=["mail", "replay", str(good)])
+    assert result.exit_code == 0, result.output
+    assert f"#{good}: processed. Opened EXP-1001." in result.output
+    with app.app_context(), pytest.raises(IngestError, match="only quarantined messages"):
+        replay(good)
+
+
+@both_databases
+def test_a_mapped_value_that_does_not_convert_quarantines_with_a_sentence(app, route):
+    inbound = ingest(app, store(app, message(body="Amount: twelve euros\n"), route()))
+    assert inbound.status == "quarantined"
+    assert inbound.status_reason == (
+        "A mapped field does not fit: Amount: 'twelve euros' does not fit. "
+        "Enter an amount such as 120 or 120.50 (no currency sign)."
+    )
+    assert count(app, Case) == 0
+
+
+@both_databases
+def test_a_reply_joins_the_case_of_the_message_it_answers(app, route):
+    listener_id = route()
+    ingest(app, store(app, message(), listener_id))
+    reply = message(
+        subject="Re: Taxi to the airport",
+        body="The receipt is attached now.\n",
+        message_id="<m2@example.com>",
+        headers="In-Reply-To: <m1@example.com>\r\n",
+    )
+    inbound = ingest(app, store(app, reply, listener_id))
+    assert inbound.status == "processed"
+    assert inbound.correlation == "matched by In-Reply-To/References (In-Reply-To)"
+    assert inbound.status_reason.startswith("Joins EXP-1001")
+    assert count(app, Case) == 1
+    assert timeline(app, "EXP-1001")[-1] == (
+        "Email in",
+        "Subject: Re: Taxi to the airport\n\nThe receipt is attached now.",
+    )
+
+
+@both_databases
+def test_a_case_id_in_the_subject_joins_that_case(app, route):
+    listener_id = route()
+    ingest(app, store(app, message(), listener_id))
+    raw = message(subject="About [EXP-1001] again", message_id="<other@example.com>")
+    inbound = ingest(app, store(app, raw, listener_id))
+    assert inbound.correlation == "matched by case id in subject (subject)"
+    assert count(app, Case) == 1
+    assert len(timeline(app, "EXP-1001")) == 3
+
+
+def _resolve(app, reference: str) -> None:
+    with app.app_context():
+        case = case_service.find_case(reference)
+        case_service.apply_action(case, "withdraw", user=None)
+        db.session.commit()
+        assert case.status == "resolved"
+
+
+@both_databases
+@pytest.mark.parametrize(
+    ("policy", "cases", "status", "outbound"),
+    [("new_case", 2, "resolved", 0), ("reopen", 1, "open", 0), ("reply_closed", 1, "resolved", 1)],
+)
+def test_mail_for_a_resolved_case_follows_the_rule(app, route, policy, cases, status, outbound):
+    listener_id = route(resolved_policy=policy)
+    ingest(app, store(app, message(), listener_id))
+    _resolve(app, "EXP-1001")
+    raw = message(subject="Re: [EXP-1001]", message_id="<late@example.com>")
+    inbound = ingest(app, store(app, raw, listener_id))
+    assert inbound.status == "processed"
+    assert count(app, Case) == cases
+    assert count(app, OutboundMessage) == outbound
+    with app.app_context():
+        assert case_service.find_case("EXP-1001").status == status
+        if outbound:
+            sent = db.session.scalar(select(OutboundMessage))
+            assert sent.recipients == ["alice@example.com"]
+            assert "the case is closed" in sent.body
+
+
+@both_databases
+def test_attachments_within_the_limits_become_case_files_and_an_ack_is_queued(app, route):
+    raw = (GOLDEN / "attachment_pdf_rfc2231.eml").read_bytes()
+    listener_id = route(
+        mappings=[], send_ack=True, ack_subject="Received: {{ case_id }}", ack_body="Thanks."
+    )
+    inbound = ingest(app, store(app, raw, listener_id))
+    assert inbound.status == "processed", inbound.status_reason
+    with app.app_context():
+        files = db.session.scalars(select(CaseAttachment)).all()
+        assert len(files) >= 1 and all(f.case_id == inbound.case_id for f in files)
+        ack = db.session.scalar(select(OutboundMessage))
+        assert ack.subject == "Received: EXP-1001"
+        assert ack.status == "pending"
+
+
+@both_databases
+def test_the_loop_breaker_quarantines_a_sender_opening_too_many_cases(app, route, monkeypatch):
+    monkeypatch.setattr("webapp.services.ingest.LOOP_LIMIT", 2)
+    listener_id = route()
+    ids = [store(app, message(message_id=f"<loop{i}@example.com>"), listener_id) for i in range(3)]
+    statuses = [ingest(app, inbound_id).status for inbound_id in ids]
+    assert statuses == ["processed", "processed", "quarantined"]
+    assert load(app, ids[2]).status_reason == (
+        "Loop breaker: alice@example.com already opened 2 cases in the last 60 minutes (limit 2)."
+    )
+    assert count(app, Case) == 2
+
+
+def test_an_update_rule_quarantines_a_message_that_matches_no_case(app, route):
+    inbound = ingest(app, store(app, message(), route(action="update_case", mappings=[])))
+    assert inbound.status == "quarantined"
+    assert inbound.status_reason == "No case matched this message, and its rule only updates cases."
+
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+@both_databases
+def test_the_mta_intake_with_a_listener_stores_then_a_worker_ingests(app, app_env, route):
+    listener_id = route()
+    result = subprocess.run(
+        [sys.executable, "-m", "flask", "mail", "ingest", "--listener", str(listener_id)],
+        input=message(),
+        cwd=ROOT,
+        env=app_env,
+        capture_output=True,
+        timeout=60,
+    )
+    assert result.returncode == 0, result.stderr.decode()
+    assert get_queue(INBOUND, app).count == 1
+    assert run_worker(app, [INBOUND], burst=True) is True
+    inbound = load(app, 1)
+    assert (inbound.status, inbound.listener_id) == ("processed", listener_id)
+    assert count(app, Case) == 1
+
+
+def test_the_intake_refuses_an_unknown_listener_with_exit_65(runner, app):
+    result = runner.invoke(args=["mail", "ingest", "--listener", "99"], input=message())
+    assert result.exit_code == 65
+    assert "there is no listener with the ID 99" in result.output
+    assert count(app, InboundMessage) == 0
+
+
+def test_one_job_ingests_a_batch_and_a_bad_message_does_not_block_the_others(app, route):
+    listener_id = route()
+    broken = (GOLDEN / "broken" / "too_many_parts.eml").read_bytes()
+    ids = [
+        store(app, message(message_id="<a@example.com>"), listener_id),
+        store(app, broken, listener_id),
+        store(app, message(body="Amount: no idea\n", message_id="<b@example.com>"), listener_id),
+        store(app, message(message_id="<c@example.com>"), listener_id),
+    ]
+    with app.app_context():
+        enqueue_ingest([*ids, 12345])
+    assert run_worker(app, [INBOUND], burst=True) is True
+    assert [load(app, i).status for i in ids] == [
+        "processed",
+        "quarantined",
+        "quarantined",
+        "processed",
+    ]
+    with app.app_context():
+        listener = db.session.get(EmailListener, listener_id)
+        assert (listener.processed_count, listener.quarantined_count) == (2, 2)
+
+
+def test_the_reconciler_requeues_messages_stuck_in_received(app, route):
+    listener_id = route()
+    stuck = store(app, message(), listener_id)
+    fresh = store(app, message(message_id="<fresh@example.com>"), listener_id)
+    with app.app_context():
+        db.session.get(InboundMessage, stuck).received_at = utcnow() - timedelta(minutes=30)
+        db.session.commit()
+        requeue_stuck()
+    assert get_queue(INBOUND, app).count == 1
+    assert run_worker(app, [INBOUND], burst=True) is True
+    assert load(app, stuck).status == "processed"
+    assert load(app, fresh).status == "received"  # its own job is still on its way
+
+
+def test_a_second_copy_of_a_processed_message_is_ignored(app, route):
+    listener_id = route()
+    first = ingest(app, store(app, message(), listener_id))
+    copy = ingest(app, store(app, message(), listener_id))
+    assert copy.status == "ignored"
+    assert copy.status_reason == (
+        f"A copy of message #{first.id} (same Message-ID), which was already processed."
+    )
+    assert count(app, Case) == 1
+
+
+def test_a_reply_runs_the_rules_stage_action(app, route):
+    mappings = [
+        {"field": name, "source": "body_key", "value": key}
+        for name, key in (
+            ("amount", "Amount"),
+            ("category", "Category"),
+            ("expense_date", "Date"),
+            ("manager_email", "Manager"),
+        )
+    ]
+    listener_id = route(mappings=mappings, stage_action="submit")
+    body = "Amount: 12\nCategory: meals\nDate: 2026-11-20\nManager: Boss@Example.com\n"
+    ingest(app, store(app, message(body=body), listener_id))
+    reply = message(
+        subject="Re: Taxi", message_id="<r@example.com>", headers="References: <m1@example.com>\r\n"
+    )
+    inbound = ingest(app, store(app, reply, listener_id))
+    assert {"step": "note", "note": "Ran the stage action submit."} in inbound.decisions
+    with app.app_context():
+        case = case_service.find_case("EXP-1001")
+        assert case.fields["category"] == "Meals"
+        assert case.fields["manager_email"] == "boss@example.com"
+        assert case.stage == "manager_approval"
+
+
+def test_a_stage_action_the_stage_refuses_is_noted_and_the_message_still_joins(app, route):
+    listener_id = route(stage_action="submit")
+    ingest(app, store(app, message(), listener_id))
+    reply = message(subject="Re: [EXP-1001]", message_id="<r@example.com>")
+    inbound = ingest(app, store(app, reply, listener_id))
+    assert inbound.status == "processed"
+    notes = [d["note"] for d in inbound.decisions if d["step"] == "note"]
+    assert notes and notes[0].startswith("The stage action submit was not run:")
+    assert timeline(app, "EXP-1001")[-1][0] == "Email in"
+
+
+def test_the_listener_can_tell_the_sender_that_a_message_was_not_processed(app, route):
+    listener_id = route()
+    with app.app_context():
+        db.session.get(EmailListener, listener_id).send_error_email = True
+        db.session.commit()
+    ingest(app, store(app, message(body="Amount: plenty\n"), listener_id))
+    with app.app_context():
+        sent = db.session.scalar(select(OutboundMessage))
+        assert sent.recipients == ["alice@example.com"]
+        assert sent.subject == "Not processed: Taxi to the airport"
+        assert "Amount" not in sent.body  # the reason stays with the admins
+
+
+def _processed_or_quarantined(app) -> int:
+    with app.app_context():
+        return db.session.scalar(
+            select(func.count())
+            .select_from(InboundMessage)
+            .where(InboundMessage.status != "received")
+        )
+
+
+@both_databases
+def test_killing_the_worker_mid_batch_loses_and_doubles_nothing(app, app_env, route):
+    listener_id = route()
+    total = 200
+    ids = [
+        store(
+            app,
+            message(
+                message_id=f"<kill{i}@example.com>",
+                sender=f"sender{i}@example.com",
+                body="Amount: unknown\n" if i % 10 == 0 else "Amount: 10\n",
+            ),
+            listener_id,
+        )
+        for i in range(total)
+    ]
+    with app.app_context():
+        enqueue_ingest(ids[: total // 2])
+        for inbound_id in ids[total // 2 :]:
+            enqueue_ingest([inbound_id])  # small jobs too: kills land between and inside jobs
+    # The first kill lands inside the big job (its other 80 messages wait for the reconciler);
+    # the next ones among the small jobs, all of which one worker alone would finish.
+    for threshold in (20, 60, 100):
+        worker = subprocess.Popen(
+            [sys.executable, "-m", "flask", "worker", "--queue", INBOUND],
+            cwd=ROOT,
+            env=app_env,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+        try:
+            deadline = time.monotonic() + 60
+            while _processed_or_quarantined(app) < threshold and time.monotonic() < deadline:
+                time.sleep(0.01)
+        finally:
+            worker.send_signal(signal.SIGKILL)
+            worker.wait(timeout=30)
+    # What the reconciler does after its bound, without waiting for it.
+    with app.app_context():
+        enqueue_ingest(stuck_message_ids(timedelta(0)))
+    assert run_worker(app, [INBOUND], burst=True) is True
+
+    with app.app_context():
+        rows = db.session.execute(select(InboundMessage.status, InboundMessage.case_id)).all()
+        statuses = sorted({status for status, _ in rows})
+        case_ids = [case_id for status, case_id in rows if status == "processed"]
+        emails_in = db.session.scalar(
+            select(func.count()).select_from(CaseEvent).where(CaseEvent.action == "Email in")
+        )
+    assert statuses == ["processed", "quarantined"]
+    assert len(case_ids) == total - total // 10
+    assert len(set(case_ids)) == len(case_ids) == count(app, Case) == emails_in

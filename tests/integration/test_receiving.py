@@ -1,0 +1,354 @@
+"""Receiving from the real Dovecot: stored once, committed before the server is changed."""
+
+from __future__ import annotations
+
+import poplib
+from collections.abc import Callable
+
+import pytest
+from imapclient import IMAPClient
+from sqlalchemy import select
+
+from tests.fixtures.app import both_databases
+from tests.fixtures.listeners import make_raw
+from webapp.extensions import db
+from webapp.models import EmailListener, InboundMessage
+from webapp.services.receiving import PollResult, poll
+
+
+class Batches:
+    """Records what a poll hands on for ingesting, instead of enqueueing it."""
+
+    def __init__(self) -> None:
+        self.calls: list[list[int]] = []
+
+    def __call__(self, ids: list[int]) -> None:
+        self.calls.append(ids)
+
+
+def run(app, listener_id: int, committed: Callable[[list[int]], None] | None = None) -> PollResult:
+    with app.app_context():
+        listener = db.session.get(EmailListener, listener_id)
+        return poll(listener, committed or Batches())
+
+
+def stored(app) -> list[InboundMessage]:
+    with app.app_context():
+        rows = db.session.scalars(select(InboundMessage).order_by(InboundMessage.id)).all()
+        db.session.expunge_all()
+        return list(rows)
+
+
+@pytest.fixture
+def imap(dovecot, mailbox_user):
+    """A second IMAP client, to look at the mailbox the way its owner would."""
+    client = IMAPClient(dovecot.host, dovecot.imap_port, ssl=False)
+    client.login(mailbox_user.login, mailbox_user.password)
+    yield client
+    client.logout()
+
+
+def flags_by_subject(imap_client: IMAPClient, folder: str = "INBOX") -> dict[str, tuple]:
+    imap_client.select_folder(folder, readonly=True)
+    uids = imap_client.search(["ALL"])
+    data = imap_client.fetch(uids, ["FLAGS", "BODY.PEEK[HEADER.FIELDS (SUBJECT)]"])
+    return {
+        d[b"BODY[HEADER.FIELDS (SUBJECT)]"].decode().split(":", 1)[1].strip(): d[b"FLAGS"]
+        for d in data.values()
+    }
+
+
+@both_databases
+def test_imap_stores_each_message_once_then_marks_it_read(
+    app, dovecot, mailbox_user, mailbox_account, make_listener, imap
+):
+    raws = [make_raw(f"Order {n}") for n in range(3)]
+    for raw in raws:
+        dovecot.deliver(mailbox_user.login, raw)
+    listener_id = make_listener(mailbox_account())
+    batches = Batches()
+
+    result = run(app, listener_id, batches)
+
+    assert result.summary() == "fetched 3, stored 3, duplicates 0"
+    rows = stored(app)
+    # Mail delivered within one second has no order on the server.
+    assert sorted(r.raw for r in rows) == sorted(raws)
+    assert {r.source for r in rows} == {"imap"}
+    assert [r.uid for r in rows] == [1, 2, 3]
+    assert all(r.uidvalidity and r.folder == "INBOX" and r.status == "received" for r in rows)
+    assert batches.calls == [[r.id for r in rows]]
+    assert all(b"\\Seen" in flags for flags in flags_by_subject(imap).values())
+
+    again = run(app, listener_id)
+    assert again.summary() == "fetched 0, stored 0, duplicates 0"
+    assert len(stored(app)) == 3
+
+
+def test_imap_over_tls_with_a_truststore(
+    app, dovecot, mailbox_user, mailbox_account, make_listener, test_ca_truststore
+):
+    dovecot.deliver(mailbox_user.login, make_raw("Secure"))
+    account = mailbox_account(
+        receiver_security="ssl",
+        receiver_port=dovecot.imaps_port,
+        receiver_truststore_id=test_ca_truststore,
+    )
+    result = run(app, make_listener(account))
+    assert result.summary() == "fetched 1, stored 1, duplicates 0"
+
+
+def test_fetches_in_batches_of_the_listener_size(
+    app, dovecot, mailbox_user, mailbox_account, make_listener
+):
+    for n in range(5):
+        dovecot.deliver(mailbox_user.login, make_raw(f"Order {n}"))
+    batches = Batches()
+    run(app, make_listener(mailbox_account(), max_batch=2), batches)
+    assert [len(ids) for ids in batches.calls] == [2, 2, 1]
+
+
+def test_delete_removes_stored_messages_from_the_server(
+    app, dovecot, mailbox_user, mailbox_account, make_listener, imap
+):
+    for n in range(2):
+        dovecot.deliver(mailbox_user.login, make_raw(f"Order {n}"))
+    result = run(app, make_listener(mailbox_account(), after_processing="delete"))
+    assert result.stored == 2
+    assert flags_by_subject(imap) == {}
+
+
+def test_move_puts_stored_messages_in_the_other_folder(
+    app, dovecot, mailbox_user, mailbox_account, make_listener, imap
+):
+    dovecot.create_folder(mailbox_user.login, "Processed")
+    dovecot.deliver(mailbox_user.login, make_raw("Order 1"))
+    listener_id = make_listener(
+        mailbox_account(), after_processing="move", move_to_folder="Processed"
+    )
+    assert run(app, listener_id).stored == 1
+    assert flags_by_subject(imap) == {}
+    assert list(flags_by_subject(imap, "Processed")) == ["Order 1"]
+
+
+def test_uidvalidity_change_imports_nothing_again(
+    app, dovecot, mailbox_user, mailbox_account, make_listener, imap
+):
+    dovecot.create_folder(mailbox_user.login, "Orders")
+    for n in range(3):
+        dovecot.deliver(mailbox_user.login, make_raw(f"Order {n}"), folder="Orders")
+    listener_id = make_listener(mailbox_account(), folder="Orders")
+    assert run(app, listener_id).stored == 3
+    before = stored(app)[0].uidvalidity
+
+    # Recreating a folder gives it a new UIDVALIDITY: every message gets a new UID.
+    imap.rename_folder("Orders", "Old")
+    imap.create_folder("Orders")
+    imap.select_folder("Old")
+    imap.copy(imap.search(["ALL"]), "Orders")
+    imap.unselect_folder()
+    dovecot.deliver(mailbox_user.login, make_raw("Order new"), folder="Orders")
+
+    result = run(app, listener_id)
+
+    assert result.summary() == "fetched 4, stored 1, duplicates 3"
+    rows = stored(app)
+    assert len(rows) == 4
+    assert rows[-1].subject == "Order new"
+    assert rows[-1].uidvalidity != before
+
+
+def test_oversize_message_is_kept_whole_in_quarantine(
+    app, dovecot, mailbox_user, mailbox_account, make_listener
+):
+    big = make_raw("Large", body="x" * 3000)
+    dovecot.deliver(mailbox_user.login, big)
+    batches = Batches()
+    result = run(app, make_listener(mailbox_account(), max_message_bytes=2048), batches)
+    assert result.summary() == "fetched 1, stored 0, duplicates 0, quarantined 1"
+    [row] = stored(app)
+    assert row.status == "quarantined"
+    assert "more than the listener's limit of 2,048" in row.status_reason
+    assert row.raw == big
+    # Nothing to ingest: the quarantined message waits for an admin.
+    assert batches.calls == []
+
+
+class Crash(Exception):
+    pass
+
+
+def crash(_ids: list[int]) -> None:
+    raise Crash
+
+
+@both_databases
+def test_a_crash_after_the_commit_leaves_no_duplicate(
+    app, dovecot, mailbox_user, mailbox_account, make_listener, imap
+):
+    for n in range(3):
+        dovecot.deliver(mailbox_user.login, make_raw(f"Order {n}"))
+    listener_id = make_listener(mailbox_account())
+
+    with pytest.raises(Crash):
+        run(app, listener_id, crash)
+    assert len(stored(app)) == 3
+    assert not any(b"\\Seen" in f for f in flags_by_subject(imap).values())
+
+    result = run(app, listener_id)
+
+    assert result.summary() == "fetched 0, stored 0, duplicates 0"
+    assert len(stored(app)) == 3
+    # The interrupted poll's marking is finished by the next one.
+    assert all(b"\\Seen" in f for f in flags_by_subject(imap).values())
+
+
+def test_a_crash_before_delete_is_finished_by_the_next_poll(
+    app, dovecot, mailbox_user, mailbox_account, make_listener, imap
+):
+    dovecot.deliver(mailbox_user.login, make_raw("Order 1"))
+    listener_id = make_listener(mailbox_account(), after_processing="delete")
+    with pytest.raises(Crash):
+        run(app, listener_id, crash)
+    assert list(flags_by_subject(imap)) == ["Order 1"]
+    assert run(app, listener_id).fetched == 0
+    assert flags_by_subject(imap) == {}
+    assert len(stored(app)) == 1
+
+
+def pop3_count(dovecot, mailbox_user) -> int:
+    client = poplib.POP3(dovecot.host, dovecot.pop3_port)
+    try:
+        client.user(mailbox_user.login)
+        client.pass_(mailbox_user.password)
+        return client.stat()[0]
+    finally:
+        client.quit()
+
+
+@both_databases
+def test_pop3_stores_by_uidl_and_leaves_mail_on_the_server(
+    app, dovecot, mailbox_user, mailbox_account, make_listener
+):
+    raws = [make_raw(f"Order {n}") for n in range(2)]
+    for raw in raws:
+        dovecot.deliver(mailbox_user.login, raw)
+    listener_id = make_listener(mailbox_account("pop3"))
+
+    assert run(app, listener_id).summary() == "fetched 2, stored 2, duplicates 0"
+    rows = stored(app)
+    assert sorted(r.raw for r in rows) == sorted(raws)
+    assert all(r.source == "pop3" and r.uidl for r in rows)
+    assert run(app, listener_id).summary() == "fetched 0, stored 0, duplicates 0"
+    assert pop3_count(dovecot, mailbox_user) == 2
+
+
+def test_pop3_delete_after_storing(app, dovecot, mailbox_user, mailbox_account, make_listener):
+    for n in range(3):
+        dovecot.deliver(mailbox_user.login, make_raw(f"Order {n}"))
+    listener_id = make_listener(mailbox_account("pop3"), after_processing="delete", max_batch=2)
+    assert run(app, listener_id).stored == 3
+    assert pop3_count(dovecot, mailbox_user) == 0
+
+
+def test_pop3_crash_after_commit_deletes_on_the_next_poll(
+    app, dovecot, mailbox_user, mailbox_account, make_listener
+):
+    dovecot.deliver(mailbox_user.login, make_raw("Order 1"))
+    listener_id = make_listener(mailbox_account("pop3"), after_processing="delete")
+    with pytest.raises(Crash):
+        run(app, listener_id, crash)
+    assert pop3_count(dovecot, mailbox_user) == 1
+    assert run(app, listener_id).summary() == "fetched 0, stored 0, duplicates 0"
+    assert pop3_count(dovecot, mailbox_user) == 0
+    assert len(stored(app)) == 1
+
+
+def test_health_records_success_and_failure(
+    app, dovecot, mailbox_user, mailbox_account, make_listener, make_account
+):
+    dovecot.deliver(mailbox_user.login, make_raw("Order 1"))
+    good = make_listener(mailbox_account())
+    bad = make_listener(
+        make_account(
+            receiver_port=dovecot.imap_port,
+            receiver_user_id=mailbox_user.login,
+            receiver_password="wrong",
+        )
+    )
+    run(app, good)
+    failed = run(app, bad)
+
+    assert not failed.ok
+    assert "Authentication failed" in failed.errors[0]
+    with app.app_context():
+        ok_row = db.session.get(EmailListener, good)
+        assert ok_row.last_poll_ok is True
+        assert ok_row.last_poll_at is not None
+        assert ok_row.processed_count == 1
+        assert ok_row.last_error == ""
+        bad_row = db.session.get(EmailListener, bad)
+        assert bad_row.last_poll_ok is False
+        assert "Authentication failed" in bad_row.last_error
+        assert bad_row.last_poll_at is not None
+
+
+def test_committed_batches_are_enqueued_as_one_ingest_job(
+    app, dovecot, mailbox_user, mailbox_account, make_listener, redis_client
+):
+    from rq import Queue
+
+    for n in range(3):
+        dovecot.deliver(mailbox_user.login, make_raw(f"Order {n}"))
+    listener_id = make_listener(mailbox_account())
+    with app.app_context():
+        poll(db.session.get(EmailListener, listener_id))
+    [job] = Queue("inbound", connection=redis_client).get_jobs()
+    assert job.func_name == "workers.inbound.ingest_messages"
+    assert job.args == ([r.id for r in stored(app)],)
+
+
+def test_idle_announces_new_mail_within_seconds(
+    app, dovecot, mailbox_user, mailbox_account, make_listener
+):
+    import queue
+    import threading
+    import time
+
+    from workers.listeners import IdleWatcher
+
+    listener_id = make_listener(mailbox_account())
+    announced: queue.Queue[float] = queue.Queue()
+    stop = threading.Event()
+    watcher = IdleWatcher(
+        app, listener_id, stop, on_new=lambda _id: announced.put(time.monotonic())
+    )
+    watcher.start()
+    try:
+        # Once at start, for mail that arrived while nobody watched.
+        announced.get(timeout=10)
+        time.sleep(0.3)
+        delivered = time.monotonic()
+        dovecot.deliver(mailbox_user.login, make_raw("Urgent"))
+        latency = announced.get(timeout=10) - delivered
+        assert latency < 5
+        assert run(app, listener_id).stored == 1
+    finally:
+        stop.set()
+        watcher.join(timeout=10)
+    assert not watcher.is_alive()
+    assert watcher.last_error == ""
+
+
+def test_a_missing_folder_is_reported_in_the_listener_health(
+    app, dovecot, mailbox_user, mailbox_account, make_listener
+):
+    listener_id = make_listener(mailbox_account(), folder="Gone")
+    result = run(app, listener_id)
+    assert not result.ok
+    with app.app_context():
+        listener = db.session.get(EmailListener, listener_id)
+        assert listener.last_poll_ok is False
+        assert listener.last_error.startswith(
+            "The folder Gone cannot be opened: the server answered Mailbox doesn't exist: Gone"
+        )

@@ -1,0 +1,269 @@
+"""Service email rules: what an incoming message does, validated on save, applied when ingested."""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+from typing import Any
+
+from sqlalchemy import func, select
+
+from webapp.casetypes.definition import Definition, FieldDef, field_value_error
+from webapp.extensions import db
+from webapp.mail.parse import ParsedMessage
+from webapp.models import CaseType, EmailListener, ResolvedCasePolicy, RuleAction, ServiceEmailRule
+from webapp.services.casetypes import version_definition
+
+SOURCES = {
+    "header": "header value",
+    "subject_regex": "subject regular expression",
+    "body_regex": "body regular expression",
+    "body_key": "Key: Value line in the body",
+}
+MAX_NAME = 100
+MAX_MAPPINGS = 50
+MAX_PATTERN = 500
+MAX_ATTACHMENT_LIMIT = 50 * 1024 * 1024
+_HEADER_NAME_RE = re.compile(r"^[!-9;-~]{1,76}$")  # RFC 5322 field name: printable, no colon
+_KEY_RE = re.compile(r"^[^:\r\n]{1,100}$")
+
+
+class RuleError(ValueError):
+    """A rule was refused; the message is fit to show, `field_errors` say which field."""
+
+    def __init__(self, message: str, field_errors: dict[str, str] | None = None) -> None:
+        super().__init__(message)
+        self.field_errors = field_errors or {}
+
+
+@dataclass
+class RuleData:
+    """What the rule form sends."""
+
+    name: str
+    action: str
+    case_type_id: int | None
+    mappings: list[dict[str, str]] = field(default_factory=list)
+    stage_action: str = ""
+    resolved_policy: str = ResolvedCasePolicy.NEW_CASE.value
+    send_ack: bool = False
+    ack_subject: str = ""
+    ack_body: str = ""
+    max_attachment_bytes: int = 10 * 1024 * 1024
+    max_attachments: int = 20
+
+
+@dataclass(frozen=True)
+class MappedValue:
+    """One mapping applied to a message: what was found, and the value or why it does not fit."""
+
+    field: str
+    label: str
+    source: str
+    found: str | None  # None: the source did not occur in the message
+    value: str
+    error: str
+
+
+def all_rules() -> list[ServiceEmailRule]:
+    return list(db.session.scalars(select(ServiceEmailRule).order_by(ServiceEmailRule.name)))
+
+
+def published_case_types() -> list[CaseType]:
+    """Case types a rule may open cases of (those with a published version)."""
+    return [t for t in db.session.scalars(select(CaseType).order_by(CaseType.name)) if t.versions]
+
+
+def definition_for(case_type: CaseType | None) -> Definition | None:
+    """The newest published definition of `case_type`, or None."""
+    if case_type is None or case_type.latest_version is None:
+        return None
+    return version_definition(case_type.latest_version)
+
+
+def field_of(definition: Definition, name: str) -> FieldDef | None:
+    return next((f for f in definition.fields if f.name == name), None)
+
+
+def parse_mapping_lines(text: str) -> list[dict[str, str]]:
+    """Mappings from lines `field source value`; raises RuleError naming the line."""
+    mappings: list[dict[str, str]] = []
+    for number, line in enumerate(text.splitlines(), start=1):
+        line = line.strip()
+        if not line or line.startswith("#"):
+            continue
+        parts = line.split(None, 2)
+        if len(parts) < 3:
+            raise RuleError(
+                f"Line {number}: write the field, the source and its value, "
+                "for example: amount body_key Amount",
+                {"mappings": f"Line {number} is incomplete."},
+            )
+        mappings.append({"field": parts[0], "source": parts[1], "value": parts[2]})
+    return mappings
+
+
+def mapping_lines(mappings: list[dict[str, Any]]) -> str:
+    """The text form of `mappings`, as `parse_mapping_lines` reads it."""
+    return "\n".join(f"{m['field']} {m['source']} {m['value']}" for m in mappings)
+
+
+def check_mapping(mapping: dict[str, str], definition: Definition) -> str:
+    """Why `mapping` cannot work with `definition`, as a sentence, or ""."""
+    name, source, value = mapping["field"], mapping["source"], mapping["value"]
+    if field_of(definition, name) is None:
+        known = ", ".join(f.name for f in definition.fields) or "none"
+        return f"{name} is not a field of the case type (fields: {known})."
+    if source not in SOURCES:
+        return f"{source} is not a source; use one of: {', '.join(SOURCES)}."
+    if source == "header" and not _HEADER_NAME_RE.match(value):
+        return f"{value!r} is not a header name such as From or X-Department."
+    if source == "body_key" and not _KEY_RE.match(value):
+        return f"{value!r} cannot be a key: keep it on one line, without a colon."
+    if source in ("subject_regex", "body_regex"):
+        if len(value) > MAX_PATTERN:
+            return f"Keep the expression for {name} under {MAX_PATTERN} characters."
+        try:
+            pattern = re.compile(value)
+        except re.error as exc:
+            return f"The expression for {name} does not compile: {exc}."
+        if name not in pattern.groupindex:
+            return f"The expression for {name} needs a named group (?P<{name}>...)."
+    return ""
+
+
+def save_rule(rule: ServiceEmailRule | None, data: RuleData) -> ServiceEmailRule:
+    """Create (rule None) or update a rule after checking it; raises RuleError."""
+    errors: dict[str, str] = {}
+    name = " ".join(data.name.split())
+    if not name:
+        errors["name"] = "Give the rule a name."
+    elif len(name) > MAX_NAME:
+        errors["name"] = f"Keep the name under {MAX_NAME} characters."
+    else:
+        clash = db.session.scalar(
+            select(ServiceEmailRule).where(func.lower(ServiceEmailRule.name) == name.lower())
+        )
+        if clash is not None and clash is not rule:
+            errors["name"] = f"There is already a rule called {clash.name}."
+    if data.action not in {a.value for a in RuleAction}:
+        errors["action"] = "Pick what the rule does."
+    if data.resolved_policy not in {p.value for p in ResolvedCasePolicy}:
+        errors["resolved_policy"] = "Pick what mail for a resolved case does."
+    case_type = db.session.get(CaseType, data.case_type_id) if data.case_type_id else None
+    definition = definition_for(case_type)
+    if data.action == RuleAction.CREATE_CASE.value and definition is None:
+        errors["case_type_id"] = (
+            "Pick a case type with a published version: the rule opens cases of it."
+        )
+    if data.mappings and definition is None:
+        errors["mappings"] = "Field mappings need a case type with a published version."
+    elif definition is not None:
+        if len(data.mappings) > MAX_MAPPINGS:
+            errors["mappings"] = f"A rule takes up to {MAX_MAPPINGS} mappings."
+        for number, mapping in enumerate(data.mappings, start=1):
+            problem = check_mapping(mapping, definition)
+            if problem:
+                errors["mappings"] = f"Line {number}: {problem}"
+                break
+    if data.stage_action and len(data.stage_action) > 100:
+        errors["stage_action"] = "Keep the action name under 100 characters."
+    if data.send_ack and not data.ack_subject.strip():
+        errors["ack_subject"] = "Give the acknowledgement a subject, or turn it off."
+    if len(data.ack_subject) > 300:
+        errors["ack_subject"] = "Keep the subject under 300 characters."
+    if not 1 <= data.max_attachment_bytes <= MAX_ATTACHMENT_LIMIT:
+        errors["max_attachment_bytes"] = (
+            f"Enter a size from 1 to {MAX_ATTACHMENT_LIMIT} bytes (50 MB)."
+        )
+    if not 0 <= data.max_attachments <= 200:
+        errors["max_attachments"] = "Enter a number from 0 to 200."
+    if errors:
+        raise RuleError("The rule was not saved: " + " ".join(errors.values()), errors)
+    if rule is None:
+        rule = ServiceEmailRule(name=name)
+        db.session.add(rule)
+    rule.name = name
+    rule.action = data.action
+    rule.case_type_id = case_type.id if case_type else None
+    rule.field_mappings = [dict(m) for m in data.mappings]
+    rule.stage_action = data.stage_action.strip()
+    rule.resolved_policy = data.resolved_policy
+    rule.send_ack = data.send_ack
+    rule.ack_subject = " ".join(data.ack_subject.split())
+    rule.ack_body = data.ack_body
+    rule.max_attachment_bytes = data.max_attachment_bytes
+    rule.max_attachments = data.max_attachments
+    db.session.flush()
+    return rule
+
+
+def delete_rule(rule: ServiceEmailRule) -> None:
+    """Delete a rule no listener uses; raises RuleError."""
+    users = db.session.scalars(select(EmailListener.name).where(EmailListener.rule_id == rule.id))
+    names = list(users)
+    if names:
+        raise RuleError(f"The listeners {', '.join(names)} use this rule; change them first.")
+    db.session.delete(rule)
+    db.session.flush()
+
+
+def map_fields(rule: ServiceEmailRule, message: ParsedMessage) -> list[MappedValue]:
+    """Apply the rule's mappings to `message`: each value found, converted, or its error."""
+    definition = definition_for(rule.case_type)
+    if definition is None:
+        return []
+    results: list[MappedValue] = []
+    for mapping in rule.field_mappings or []:
+        target = field_of(definition, mapping["field"])
+        if target is None:
+            continue
+        found = _extract(mapping["source"], mapping["value"], mapping["field"], message)
+        value, error = ("", "") if found is None else convert(target, found)
+        results.append(
+            MappedValue(target.name, target.label, _describe(mapping), found, value, error)
+        )
+    return results
+
+
+def convert(target: FieldDef, found: str) -> tuple[str, str]:
+    """`found` converted to the field's type: (value, "") or ("", a sentence why not)."""
+    value = " ".join(found.split()) if target.type != "long_text" else found.strip()
+    if target.type == "email":
+        value = value.strip("<>").lower()
+    elif target.type in ("number", "money"):
+        # Mail writes amounts with currency signs and thousands separators: 1,200.50 EUR.
+        value = re.sub(r"[^\d.\-]", "", value.replace(",", "")) or value
+    elif target.type == "choice":
+        by_fold = {o.casefold(): o for o in target.options}
+        value = by_fold.get(value.casefold(), value)
+    problem = field_value_error(target, value)
+    if problem and value:
+        return "", f"{target.label}: {found.strip()[:80]!r} does not fit. {problem}"
+    return value, ""
+
+
+def _extract(source: str, spec: str, name: str, message: ParsedMessage) -> str | None:
+    if source == "header":
+        return message.header(spec)
+    if source in ("subject_regex", "body_regex"):
+        text = message.subject if source == "subject_regex" else message.text
+        try:
+            match = re.search(spec, text, re.MULTILINE)
+        except re.error:
+            return None
+        return match.group(name) if match and match.group(name) is not None else None
+    if source == "body_key":
+        line = re.search(rf"^[ \t>]*{re.escape(spec)}[ \t]*:[ \t]*(.*)$", message.text, re.M | re.I)
+        return line.group(1).strip() if line else None
+    return None
+
+
+def _describe(mapping: dict[str, Any]) -> str:
+    source, value = mapping["source"], mapping["value"]
+    if source == "header":
+        return f"header {value}"
+    if source == "body_key":
+        return f"body line {value}: …"
+    where = "subject" if source == "subject_regex" else "body"
+    return f"{where} matching {value}"
