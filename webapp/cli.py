@@ -122,7 +122,7 @@ def mail_ingest(max_size: int | None, listener_id: int | None) -> None:
     mail server keeps the message and retries.
     """
     from webapp.models import EmailListener
-    from webapp.services.intake import IntakeError, store_inbound
+    from webapp.services.intake import IntakeError, store_for_listener, store_inbound
 
     raw = sys.stdin.buffer.read()
     try:
@@ -130,12 +130,10 @@ def mail_ingest(max_size: int | None, listener_id: int | None) -> None:
         if listener_id and listener is None:
             click.echo(f"refused: there is no listener with the ID {listener_id}", err=True)
             sys.exit(EX_DATAERR)
-        inbound = store_inbound(
-            raw, "mta", max_size=listener.max_message_bytes if listener else max_size
-        )
         if listener is not None:
-            inbound.listener_id = listener.id
-            inbound.account_id = listener.account_id
+            inbound = store_for_listener(raw, "mta", listener)
+        else:
+            inbound = store_inbound(raw, "mta", max_size=max_size)
         db.session.commit()
     except IntakeError as exc:
         click.echo(f"refused: {exc}", err=True)

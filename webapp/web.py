@@ -21,6 +21,7 @@ def register_web(app: Flask) -> None:
     from webapp.api import bp as api_bp
     from webapp.auth import bp as auth_bp
     from webapp.cases import bp as cases_bp
+    from webapp.channels import bp as channels_bp
     from webapp.designer import bp as designer_bp
     from webapp.inbox import bp as inbox_bp
     from webapp.listeners import bp as listeners_bp
@@ -39,6 +40,7 @@ def register_web(app: Flask) -> None:
     app.register_blueprint(accounts_bp)
     app.register_blueprint(listeners_bp)
     app.register_blueprint(rules_bp)
+    app.register_blueprint(channels_bp)
     app.register_blueprint(inbox_bp)
     csrf.exempt(api_bp)  # bearer tokens only; see security.api_token_required
 
@@ -50,6 +52,9 @@ def register_web(app: Flask) -> None:
     add_nav_item(app, "Email accounts", "accounts.accounts", (Role.ADMIN,), 30, "/admin/accounts")
     add_nav_item(app, "Listeners", "listeners.listeners", (Role.ADMIN,), 40, "/admin/listeners")
     add_nav_item(app, "Rules", "rules.rules", (Role.ADMIN,), 50, "/admin/rules")
+    add_nav_item(
+        app, "Channels", "channels.channels", (Role.ADMIN,), 55, "/admin/channels", "Admin"
+    )
     add_nav_item(app, "Incoming mail", "inbox.messages", (Role.ADMIN,), 75, "/admin/inbox", "Admin")
     add_nav_item(app, "Users", "admin.users", (Role.ADMIN,), 80, "/admin/users", "Admin")
     add_nav_item(app, "Groups", "admin.groups", (Role.ADMIN,), 85, "/admin/groups", "Admin")

@@ -26,6 +26,7 @@ from webapp.security import roles_required
 from webapp.services import casetypes as service
 from webapp.services.cases import versions_in_use
 from webapp.services.groups import all_groups
+from webapp.services.instantiation import feeding_listeners
 
 designer_required = roles_required(Role.DESIGNER)
 
@@ -116,6 +117,7 @@ def show(case_type_id: int):
         confirm_form=ConfirmActionForm(formdata=None),
         field_types=FIELD_TYPE_LABELS,
         in_use=versions_in_use(case_type),
+        feeding=feeding_listeners(case_type),
     )
 
 

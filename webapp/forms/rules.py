@@ -15,7 +15,7 @@ from wtforms import (
 from wtforms.validators import DataRequired, InputRequired, Length, NumberRange
 
 from webapp.forms.base import BaseForm
-from webapp.models import CaseType, ServiceEmailRule
+from webapp.models import CaseType, EmailChannel, ServiceEmailRule
 
 ACTIONS = [
     SelectChoice("create_case", "Open a case (replies join their case)"),
@@ -77,7 +77,13 @@ class RuleForm(BaseForm):
 
 
 class RuleTestForm(BaseForm):
-    rule_id = SelectField("Rule", choices=[])
+    rule_id = SelectField("Rule", choices=[], default="")
+    channel_id = SelectField(
+        "Or an email channel",
+        choices=[],
+        default="",
+        description="When picked, the channel routes the message (the rule above is not used).",
+    )
     message = FileField(
         "Message (.eml)",
         validators=[FileRequired("Choose an .eml file to test.")],
@@ -85,5 +91,12 @@ class RuleTestForm(BaseForm):
     )
     submit = SubmitField("Test")
 
-    def set_rules(self, rules: list[ServiceEmailRule]) -> None:
-        self.rule_id.choices = [SelectChoice(str(r.id), r.name) for r in rules]
+    def set_rules(
+        self, rules: list[ServiceEmailRule], channels: list[EmailChannel] | None = None
+    ) -> None:
+        self.rule_id.choices = [SelectChoice("", "—")] + [
+            SelectChoice(str(r.id), r.name) for r in rules
+        ]
+        self.channel_id.choices = [SelectChoice("", "—")] + [
+            SelectChoice(str(c.id), c.name) for c in channels or []
+        ]

@@ -9,7 +9,7 @@ from wtforms import BooleanField, IntegerField, SelectChoice, SelectField, Strin
 from wtforms.validators import InputRequired, Length, NumberRange
 
 from webapp.forms.base import BaseForm
-from webapp.models import EmailAccount, ServiceEmailRule
+from webapp.models import EmailAccount, EmailChannel, ServiceEmailRule
 from webapp.services import listeners as service
 
 FORMAT_CHOICES = [
@@ -20,7 +20,7 @@ FORMAT_CHOICES = [
 AFTER_CHOICES = [
     SelectChoice("mark_read", "Mark as read (POP3: leave on the server)"),
     SelectChoice("delete", "Delete from the server"),
-    SelectChoice("move", "Move to a folder (IMAP only)"),
+    SelectChoice("move", "Move to a folder (IMAP, Microsoft Graph)"),
 ]
 _PROTOCOLS = {"imap": "IMAP", "pop3": "POP3", "graph": "Microsoft Graph"}
 
@@ -39,6 +39,12 @@ class ListenerForm(BaseForm):
     )
     message_format = SelectField("Message format", choices=FORMAT_CHOICES)
     rule_id = SelectField("Service email rule", coerce=_optional_int)
+    channel_id = SelectField(
+        "Or an email channel",
+        coerce=_optional_int,
+        description="A channel routes each message by its sender, subject, … Pick a rule or "
+        "a channel, not both.",
+    )
     poll_interval_seconds = IntegerField(
         "Polling interval (seconds)",
         validators=[
@@ -80,7 +86,10 @@ class ListenerForm(BaseForm):
     submit = SubmitField("Save listener")
 
     def set_choices(
-        self, accounts: Sequence[EmailAccount], rules: Sequence[ServiceEmailRule]
+        self,
+        accounts: Sequence[EmailAccount],
+        rules: Sequence[ServiceEmailRule],
+        channels: Sequence[EmailChannel] = (),
     ) -> None:
         self.account_id.choices = [
             SelectChoice(
@@ -90,6 +99,9 @@ class ListenerForm(BaseForm):
         ]
         self.rule_id.choices = [SelectChoice(None, "None yet (messages wait, stored)")] + [
             SelectChoice(r.id, r.name) for r in rules
+        ]
+        self.channel_id.choices = [SelectChoice(None, "None")] + [
+            SelectChoice(c.id, c.name) for c in channels
         ]
 
     def values(self) -> dict[str, Any]:

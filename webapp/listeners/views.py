@@ -8,7 +8,7 @@ from webapp.forms.auth import ConfirmForm
 from webapp.listeners import bp
 from webapp.listeners.forms import ListenerFolderForm, ListenerForm
 from webapp.mail.connect import ConnectivityError
-from webapp.models import EmailAccount, EmailListener, ServiceEmailRule
+from webapp.models import EmailAccount, EmailChannel, EmailListener, ServiceEmailRule
 from webapp.models.types import utcnow
 from webapp.security import admin_required
 from webapp.services import listeners as service
@@ -71,7 +71,8 @@ def _editor(listener: EmailListener | None):
         form.set_folders(folders)
     else:
         form = ListenerForm(obj=source)
-    form.set_choices(accounts, rules)
+    channels = list(db.session.scalars(select(EmailChannel).order_by(EmailChannel.name)))
+    form.set_choices(accounts, rules, channels)
     if not form.is_submitted() and account is not None:
         form.account_id.data = account.id
     if form.validate_on_submit():

@@ -1,7 +1,8 @@
-"""Microsoft Graph mail: list a mailbox's folders and send a message (v1.0 REST API)."""
+"""Microsoft Graph mail: folders, message deltas, raw MIME, and sending (v1.0 REST API)."""
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any
 from urllib.parse import quote
 
@@ -16,6 +17,10 @@ DEFAULT_GRAPH_URL = "https://graph.microsoft.com"
 
 class GraphError(Exception):
     """Graph refused a request; the message is one sentence for the user."""
+
+
+class DeltaExpired(GraphError):
+    """Graph no longer knows a delta link (410 Gone): the folder must be listed from the start."""
 
 
 def _raise_for(response: requests.Response, upn: str) -> None:
@@ -48,6 +53,7 @@ def _request(
     settings: OAuthSettings,
     policy: HostPolicy,
     timeout: float,
+    headers: dict[str, str] | None = None,
     **kwargs: Any,
 ) -> requests.Response:
     with http_session(settings, policy) as session:
@@ -55,7 +61,7 @@ def _request(
             return session.request(
                 method,
                 url,
-                headers={"Authorization": f"Bearer {token}"},
+                headers={**(headers or {}), "Authorization": f"Bearer {token}"},
                 timeout=timeout,
                 **kwargs,
             )
@@ -118,3 +124,131 @@ def send_mail(
         json={"message": message, "saveToSentItems": True},
     )
     _raise_for(response, upn)
+
+
+# -- receiving ----------------------------------------------------------------------------------
+
+# Ids that stay the same when a message is moved: the only ones fit to remember it by.
+_IMMUTABLE = 'IdType="ImmutableId"'
+
+
+@dataclass(frozen=True)
+class DeltaPage:
+    """One page of a folder's delta: messages added or changed, and where to go on from here.
+
+    Exactly one of `next_link` (more pages now) and `delta_link` (the next poll) is set.
+    """
+
+    messages: list[dict[str, Any]]
+    next_link: str | None
+    delta_link: str | None
+
+
+def list_folders(
+    graph_url: str,
+    upn: str,
+    token: str,
+    settings: OAuthSettings,
+    policy: HostPolicy,
+    timeout: float = 30,
+) -> list[tuple[str, str]]:
+    """The mailbox's top-level folders as (id, display name). Raises GraphError."""
+    folders: list[tuple[str, str]] = []
+    url: str | None = _url(graph_url, upn, "mailFolders?$top=100")
+    while url:
+        response = _request("GET", url, token, settings, policy, timeout)
+        _raise_for(response, upn)
+        try:
+            body = response.json()
+            folders.extend((str(f["id"]), str(f["displayName"])) for f in body["value"])
+        except (ValueError, KeyError, TypeError):
+            raise GraphError(f"{graph_url} did not answer with a folder list.") from None
+        url = body.get("@odata.nextLink")
+    return folders
+
+
+def delta_page(
+    graph_url: str,
+    upn: str,
+    token: str,
+    settings: OAuthSettings,
+    policy: HostPolicy,
+    folder_id: str,
+    link: str | None,
+    page_size: int,
+    timeout: float = 30,
+) -> DeltaPage:
+    """GET a page of `folder_id`'s message delta, from `link` (a next or delta link) or from
+    the start; messages carry immutable ids. Raises DeltaExpired (a GraphError) when Graph no
+    longer knows `link`, GraphError otherwise."""
+    url = link or _url(
+        graph_url, upn, f"mailFolders/{quote(folder_id, safe='')}/messages/delta?$select=id,isRead"
+    )
+    headers = {"Prefer": f"{_IMMUTABLE}, odata.maxpagesize={page_size}"}
+    response = _request("GET", url, token, settings, policy, timeout, headers=headers)
+    if response.status_code == 410 and link:
+        raise DeltaExpired("Microsoft Graph no longer knows the delta link.")
+    _raise_for(response, upn)
+    try:
+        body = response.json()
+        messages = [m for m in body["value"] if isinstance(m, dict) and "id" in m]
+    except (ValueError, KeyError, TypeError):
+        raise GraphError(f"{graph_url} did not answer with a message delta.") from None
+    next_link, delta_link = body.get("@odata.nextLink"), body.get("@odata.deltaLink")
+    if bool(next_link) == bool(delta_link):
+        raise GraphError(f"{graph_url} answered a message delta without a next or delta link.")
+    return DeltaPage(messages, next_link, delta_link)
+
+
+def message_mime(
+    graph_url: str,
+    upn: str,
+    token: str,
+    settings: OAuthSettings,
+    policy: HostPolicy,
+    message_id: str,
+    timeout: float = 30,
+) -> bytes:
+    """GET a message's raw MIME ($value). Raises GraphError."""
+    url = _url(graph_url, upn, f"messages/{quote(message_id, safe='')}/$value")
+    response = _request(
+        "GET", url, token, settings, policy, timeout, headers={"Prefer": _IMMUTABLE}
+    )
+    _raise_for(response, upn)
+    return response.content
+
+
+def after_processing(
+    graph_url: str,
+    upn: str,
+    token: str,
+    settings: OAuthSettings,
+    policy: HostPolicy,
+    message_id: str,
+    action: str,
+    destination_id: str = "",
+    timeout: float = 30,
+) -> None:
+    """Mark a message read ("mark_read"), delete it ("delete") or move it ("move") to the
+    folder `destination_id`. A message gone already counts as done. Raises GraphError."""
+    url = _url(graph_url, upn, f"messages/{quote(message_id, safe='')}")
+    headers = {"Prefer": _IMMUTABLE}
+    if action == "mark_read":
+        response = _request(
+            "PATCH", url, token, settings, policy, timeout, headers=headers, json={"isRead": True}
+        )
+    elif action == "delete":
+        response = _request("DELETE", url, token, settings, policy, timeout, headers=headers)
+    else:
+        response = _request(
+            "POST",
+            f"{url}/move",
+            token,
+            settings,
+            policy,
+            timeout,
+            headers=headers,
+            json={"destinationId": destination_id},
+        )
+    if response.status_code != 404:
+        _raise_for(response, upn)

@@ -10,6 +10,7 @@ from webapp.models.cases import (
     CaseTypeVersion,
     OutboundMessage,
 )
+from webapp.models.channels import ChannelRoute, EmailChannel
 from webapp.models.groups import WorkGroup, work_group_members
 from webapp.models.inbound import InboundMessage, InboundStatus
 from webapp.models.listeners import (
@@ -31,7 +32,9 @@ __all__ = [
     "CaseEvent",
     "CaseType",
     "CaseTypeVersion",
+    "ChannelRoute",
     "EmailAccount",
+    "EmailChannel",
     "EmailListener",
     "InboundMessage",
     "InboundStatus",

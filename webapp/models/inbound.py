@@ -30,8 +30,8 @@ class InboundMessage(Model):
     )
 
     id: Mapped[int] = mapped_column(primary_key=True)
-    # How it reached us: "mta" (flask mail ingest), "devmail" (the development sandbox), and
-    # the receive protocols as they are added.
+    # How it reached us: "imap", "pop3", "graph" (listeners), "mta" (flask mail ingest),
+    # "http" (the intake endpoint) or "devmail" (the development sandbox).
     source: Mapped[str] = mapped_column(String(20))
     message_id: Mapped[str | None] = mapped_column(String(998), index=True)
     subject: Mapped[str] = mapped_column(Text, default="")

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import enum
 from datetime import datetime
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from sqlalchemy import JSON, BigInteger, ForeignKey, String, Text
 from sqlalchemy.orm import Mapped, mapped_column, relationship
@@ -13,6 +13,9 @@ from webapp.extensions import Model
 from webapp.models.accounts import EmailAccount
 from webapp.models.cases import CaseType
 from webapp.models.types import UTCDateTime, utcnow
+
+if TYPE_CHECKING:
+    from webapp.models.channels import EmailChannel
 
 
 class AfterProcessing(enum.StrEnum):
@@ -63,7 +66,7 @@ class ServiceEmailRule(Model):
 
 
 class EmailListener(Model):
-    """Watches one folder of one account and hands each message to a ServiceEmailRule."""
+    """Watches one folder of one account; hands each message to a rule or an email channel."""
 
     __tablename__ = "email_listeners"
 
@@ -76,6 +79,10 @@ class EmailListener(Model):
     message_format: Mapped[str] = mapped_column(String(10), default="both")  # text, html, both
     rule_id: Mapped[int | None] = mapped_column(
         ForeignKey("service_email_rules.id", ondelete="RESTRICT"), index=True
+    )
+    # Routes each message through a channel instead of one rule; rule_id is then empty.
+    channel_id: Mapped[int | None] = mapped_column(
+        ForeignKey("email_channels.id", ondelete="RESTRICT"), index=True
     )
     poll_interval_seconds: Mapped[int] = mapped_column(default=60)
     max_batch: Mapped[int] = mapped_column(default=100)
@@ -90,6 +97,8 @@ class EmailListener(Model):
     # Where the mailbox was left: IMAP folder identity and the highest UID stored.
     uidvalidity: Mapped[int | None] = mapped_column(BigInteger)
     last_uid: Mapped[int] = mapped_column(BigInteger, default=0)
+    # Microsoft Graph: the delta link that asks for what changed in the folder since last time.
+    graph_delta_link: Mapped[str | None] = mapped_column(Text)
     # Health, shown on the listener page.
     last_poll_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
     last_poll_ok: Mapped[bool | None] = mapped_column()
@@ -100,3 +109,4 @@ class EmailListener(Model):
 
     account: Mapped[EmailAccount] = relationship()
     rule: Mapped[ServiceEmailRule | None] = relationship()
+    channel: Mapped[EmailChannel | None] = relationship()

@@ -9,9 +9,10 @@ from webapp.extensions import db
 from webapp.forms.auth import ConfirmForm
 from webapp.forms.rules import RuleForm, RuleTestForm
 from webapp.mail.filters import Limits
-from webapp.models import EmailListener, ServiceEmailRule
+from webapp.models import EmailChannel, EmailListener, ServiceEmailRule
 from webapp.rules import bp
 from webapp.security import admin_required
+from webapp.services import channels as channel_service
 from webapp.services import ingest
 from webapp.services import rules as service
 
@@ -143,18 +144,27 @@ def delete_rule(rule_id: int):
 def tester():
     form = RuleTestForm()
     all_rules = service.all_rules()
-    form.set_rules(all_rules)
+    channels = channel_service.all_channels()
+    form.set_rules(all_rules, channels)
+    if not form.is_submitted() and all_rules:
+        form.rule_id.data = str(all_rules[0].id)
     result = None
     if form.validate_on_submit():
         raw = form.message.data.read(MAX_TEST_BYTES + 1)
         rule = db.session.get(ServiceEmailRule, int(form.rule_id.data or 0))
+        channel = db.session.get(EmailChannel, int(form.channel_id.data or 0))
+        limits = Limits(max_size=MAX_TEST_BYTES)
         if not raw.strip():
             form.message.errors = ["The file is empty."]
+        elif channel is not None:
+            result = ingest.plan(raw, None, limits=limits, channel=channel)
         elif rule is None:
-            form.rule_id.errors = ["Pick a rule."]
+            form.rule_id.errors = ["Pick a rule (or a channel)."]
         else:
-            result = ingest.plan(raw, rule, limits=Limits(max_size=MAX_TEST_BYTES))
+            result = ingest.plan(raw, rule, limits=limits)
         # The plan only reads; nothing of this request is kept.
         db.session.rollback()
     status = 400 if form.is_submitted() and result is None else 200
-    return render_template("rules/tester.html", form=form, result=result, rules=all_rules), status
+    return render_template(
+        "rules/tester.html", form=form, result=result, rules=all_rules, channels=channels
+    ), status

@@ -18,6 +18,7 @@ from sqlalchemy.orm.exc import StaleDataError
 
 from webapp.casetypes.templating import render
 from webapp.extensions import db
+from webapp.mail import routing
 from webapp.mail.correlate import Correlation, Lookups, case_id_pattern, correlate, find_case_ids
 from webapp.mail.filters import FilterOutcome, Limits, loop_breaker, screen
 from webapp.mail.parse import ParsedMessage
@@ -26,6 +27,7 @@ from webapp.models import (
     CaseAttachment,
     CaseEvent,
     CaseType,
+    EmailChannel,
     EmailListener,
     InboundMessage,
     InboundStatus,
@@ -36,6 +38,7 @@ from webapp.models import (
 )
 from webapp.models.types import utcnow
 from webapp.services import cases as case_service
+from webapp.services import channels as channel_service
 from webapp.services.rules import MappedValue, map_fields
 
 # The loop breaker: a sender (often another robot we failed to recognise) may open at most
@@ -80,6 +83,8 @@ class Plan:
     mapped: list[MappedValue] = field(default_factory=list)
     attachments: list[AttachmentPlan] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
+    routing: list[str] = field(default_factory=list)  # what the listener's channel matched
+    rule: ServiceEmailRule | None = None  # the rule followed (from the listener or its channel)
 
     @property
     def status(self) -> str:
@@ -98,6 +103,7 @@ class Plan:
     @property
     def decisions(self) -> list[dict[str, str]]:
         steps = [{"step": name, "note": reason} for name, reason in self.filters]
+        steps.extend({"step": "channel", "note": sentence} for sentence in self.routing)
         if self.correlation:
             steps.append({"step": "correlation", "note": self.correlation})
         steps.extend({"step": "note", "note": note} for note in self.notes)
@@ -126,8 +132,9 @@ def plan(
     limits: Limits | None = None,
     account_id: int | None = None,
     inbound_id: int | None = None,
+    channel: EmailChannel | None = None,
 ) -> Plan:
-    """What ingesting `raw` with `rule` does; reads the database, writes nothing."""
+    """What ingesting `raw` with `rule` (or routed by `channel`) does; writes nothing."""
     screened = screen(raw, limits)
     outcome: FilterOutcome = screened.outcome
     message = screened.message
@@ -153,6 +160,11 @@ def plan(
             f"A copy of message #{duplicate.id} (same Message-ID), which was already processed."
         )
         return result
+    if channel is not None:
+        rule = _route(result, channel, message)
+        if result.action != OPEN:
+            return result
+    result.rule = rule
     found = _correlate(message)
     result.correlation = found.description
     if rule is None:
@@ -214,11 +226,16 @@ def ingest_message(inbound_id: int) -> InboundMessage | None:
     inbound = db.session.get(InboundMessage, inbound_id, populate_existing=True)
     assert inbound is not None  # claimed just now, in this transaction
     listener = db.session.get(EmailListener, inbound.listener_id) if inbound.listener_id else None
-    rule = listener.rule if listener else None
     limits = Limits(max_size=listener.max_message_bytes) if listener else None
     result = plan(
-        inbound.raw, rule, limits=limits, account_id=inbound.account_id, inbound_id=inbound.id
+        inbound.raw,
+        listener.rule if listener else None,
+        limits=limits,
+        account_id=inbound.account_id,
+        inbound_id=inbound.id,
+        channel=listener.channel if listener else None,
     )
+    rule = result.rule
     try:
         if rule is not None and result.action in (OPEN, JOIN, REOPEN, REPLY_CLOSED):
             _carry_out(result, rule)
@@ -296,6 +313,61 @@ def stuck_message_ids(older_than: timedelta, limit: int = 1000) -> list[int]:
             .order_by(InboundMessage.id)
             .limit(limit)
         )
+    )
+
+
+def _route(result: Plan, channel: EmailChannel, message: ParsedMessage) -> ServiceEmailRule | None:
+    """Follow the channel: the rule to apply, or set the plan to ignore or quarantine.
+
+    In all-matches mode the first route that opens cases (a rule or a case type) is followed
+    and the other matches are only recorded; ignore or quarantine apply when none opens cases.
+    """
+    try:
+        routed = channel_service.route(channel, message)
+    except channel_service.ChannelError as exc:
+        result.action = QUARANTINE
+        result.reason = str(exc)
+        return None
+    result.routing = [match.sentence for match in routed.matches]
+    if not routed.matches:
+        result.action = QUARANTINE
+        result.reason = f"No route of the channel {channel.name} matched, and it has no default."
+        return None
+    creating = [
+        m for m in routed.matches if m.route.target_kind in (routing.RULE, routing.CASE_TYPE)
+    ]
+    chosen = creating[0] if creating else routed.matches[0]
+    for match in routed.matches:
+        if match is not chosen:
+            result.notes.append(f"Also matched, not followed: {match.sentence}")
+    target = chosen.route
+    if target.target_kind == routing.IGNORE:
+        result.action = IGNORE
+        result.reason = f"Ignored by the channel {channel.name}: {chosen.sentence}"
+        return None
+    if target.target_kind == routing.QUARANTINE:
+        result.action = QUARANTINE
+        result.reason = f"Quarantined by the channel {channel.name}: {chosen.sentence}"
+        return None
+    if target.target_kind == routing.RULE:
+        rule = db.session.get(ServiceEmailRule, target.target_id)
+        if rule is None:
+            result.action = QUARANTINE
+            result.reason = f"The rule of the channel {channel.name}'s route no longer exists."
+        return rule
+    # A case type alone: open cases of it with no field mappings (replies still join).
+    return ServiceEmailRule(
+        name=f"{channel.name}: {target.target_label}",
+        action=RuleAction.CREATE_CASE.value,
+        case_type_id=target.target_id,
+        field_mappings=[],
+        stage_action="",
+        resolved_policy=ResolvedCasePolicy.NEW_CASE.value,
+        send_ack=False,
+        ack_subject="",
+        ack_body="",
+        max_attachment_bytes=10 * 1024 * 1024,
+        max_attachments=20,
     )
 
 

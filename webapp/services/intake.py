@@ -6,9 +6,9 @@ import hashlib
 
 from webapp.extensions import db
 from webapp.mail.summary import summarize
-from webapp.models import InboundMessage
+from webapp.models import EmailListener, InboundMessage
 
-SOURCES = ("mta", "devmail", "imap", "pop3", "graph")
+SOURCES = ("mta", "devmail", "imap", "pop3", "graph", "http")
 
 
 class IntakeError(ValueError):
@@ -35,4 +35,13 @@ def store_inbound(raw: bytes, source: str, max_size: int | None = None) -> Inbou
     )
     db.session.add(message)
     db.session.flush()
+    return message
+
+
+def store_for_listener(raw: bytes, source: str, listener: EmailListener) -> InboundMessage:
+    """Store `raw` for `listener` within its size limit (flushed, not committed); raises
+    IntakeError."""
+    message = store_inbound(raw, source, max_size=listener.max_message_bytes)
+    message.listener_id = listener.id
+    message.account_id = listener.account_id
     return message

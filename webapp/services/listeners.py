@@ -13,6 +13,7 @@ from webapp.extensions import db
 from webapp.models import (
     AfterProcessing,
     EmailAccount,
+    EmailChannel,
     EmailListener,
     InboundMessage,
     InboundStatus,
@@ -33,6 +34,7 @@ FIELDS = (
     "folder",
     "message_format",
     "rule_id",
+    "channel_id",
     "poll_interval_seconds",
     "max_batch",
     "after_processing",
@@ -103,11 +105,8 @@ def listener_errors(listener: EmailListener | None, values: Mapping[str, Any]) -
     account = db.session.get(EmailAccount, values.get("account_id") or 0)
     if account is None:
         errors["account_id"] = "Choose an email account from the list."
-    elif account.receiver_protocol not in ("imap", "pop3"):
-        errors["account_id"] = (
-            f"The account {account.account_id} receives with Microsoft Graph, which listeners "
-            "cannot poll yet: choose an IMAP or POP3 account."
-        )
+    elif account.receiver_protocol not in ("imap", "pop3", "graph"):
+        errors["account_id"] = f"The account {account.account_id} has no receiver to poll."
     pop3 = account is not None and account.receiver_protocol == "pop3"
     folder = values.get("folder") or ""
     if not folder or len(folder) > 255:
@@ -119,6 +118,11 @@ def listener_errors(listener: EmailListener | None, values: Mapping[str, Any]) -
     rule_id = values.get("rule_id")
     if rule_id is not None and db.session.get(ServiceEmailRule, rule_id) is None:
         errors["rule_id"] = "Choose a service email rule from the list."
+    channel_id = values.get("channel_id")
+    if channel_id is not None and db.session.get(EmailChannel, channel_id) is None:
+        errors["channel_id"] = "Choose an email channel from the list."
+    elif channel_id is not None and rule_id is not None:
+        errors["channel_id"] = "Route to a rule or to a channel, not both: leave one empty."
     _number(errors, values, "poll_interval_seconds", MIN_INTERVAL, MAX_INTERVAL, "interval")
     _number(errors, values, "max_batch", MIN_BATCH, MAX_BATCH, "batch size")
     _number(errors, values, "max_message_bytes", MIN_MESSAGE_BYTES, MAX_MESSAGE_BYTES, "size limit")
@@ -161,6 +165,7 @@ def save_listener(listener: EmailListener | None, values: Mapping[str, Any]) -> 
         # Another mailbox: where the old one was left says nothing about the new one.
         listener.uidvalidity = None
         listener.last_uid = 0
+        listener.graph_delta_link = None
     db.session.flush()
     return listener
 

@@ -21,9 +21,12 @@ from imapclient.exceptions import IMAPClientError
 from sqlalchemy import select
 
 from webapp.extensions import db
+from webapp.mail import graph
 from webapp.mail.connect import ConnectivityError, Endpoint, explain, server_answer
+from webapp.mail.graph import DeltaExpired, GraphError
 from webapp.mail.hostpolicy import HostPolicy, HostRefused
 from webapp.mail.imap import _IMAP, MailboxLogin, _sign_in
+from webapp.mail.oauth import OAuthError, OAuthSettings, check_url
 from webapp.mail.pop3 import _POP3
 from webapp.mail.summary import summarize
 from webapp.models import (
@@ -35,7 +38,15 @@ from webapp.models import (
 )
 from webapp.models.types import utcnow
 from webapp.secretbox import SecretError
-from webapp.services.accounts import UNDECRYPTABLE, _for_test, _mailbox_login, receiver_endpoint
+from webapp.services.accounts import (
+    TEST_TIMEOUT,
+    UNDECRYPTABLE,
+    _for_test,
+    _mailbox_login,
+    _token,
+    receiver_endpoint,
+)
+from webapp.services.auth_profiles import oauth_settings
 from webapp.services.mail_settings import host_policy
 
 log = logging.getLogger(__name__)
@@ -76,6 +87,7 @@ class _Identity:
     uidvalidity: int | None = None
     uid: int | None = None
     uidl: str | None = None
+    graph_id: str | None = None
 
 
 class _ImapClient(IMAPClient):
@@ -131,7 +143,10 @@ def _known(
     of_account = InboundMessage.account_id == listener.account_id
     uidls = [i.uidl for i in identities if i.uidl is not None]
     uids = [i.uid for i in identities if i.uid is not None]
+    graph_ids = [i.graph_id for i in identities if i.graph_id is not None]
     stored: set[_Identity] = set()
+    if graph_ids:
+        stored.update(_Identity(graph_id=g) for g in _stored_graph_ids(listener, graph_ids))
     if uidls:
         stored_uidls = db.session.scalars(
             select(InboundMessage.uidl).where(of_account, InboundMessage.uidl.in_(uidls))
@@ -213,6 +228,7 @@ def _store_batch(
                 uidvalidity=identity.uidvalidity,
                 uid=identity.uid,
                 uidl=identity.uidl,
+                graph_id=identity.graph_id,
             )
         )
         if reason:
@@ -356,6 +372,135 @@ def _poll_pop3(
     return result
 
 
+# -- Microsoft Graph ----------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class _GraphMailbox:
+    """What every Graph request of a poll needs: where, as whom, and with which token."""
+
+    url: str
+    upn: str
+    token: str
+    settings: OAuthSettings
+    policy: HostPolicy
+
+
+def _graph_mailbox(account: EmailAccount) -> _GraphMailbox:
+    profile = account.receiver_auth_profile
+    token = _token(profile)  # raises ConnectivityError when there is no profile
+    assert profile is not None
+    policy = host_policy()
+    try:
+        check_url(profile.graph_url, policy)
+    except OAuthError as exc:
+        raise ConnectivityError(str(exc)) from None
+    return _GraphMailbox(
+        profile.graph_url, account.graph_receiver_upn, token, oauth_settings(profile), policy
+    )
+
+
+def _graph_folder_id(mailbox: _GraphMailbox, name: str, folders: list[tuple[str, str]]) -> str:
+    for folder_id, display_name in folders:
+        if name.casefold() in (display_name.casefold(), folder_id.casefold()):
+            return folder_id
+    raise ConnectivityError(f"The mailbox {mailbox.upn} has no folder {name}.")
+
+
+def _stored_graph_ids(listener: EmailListener, graph_ids: list[str]) -> set[str]:
+    return {
+        g
+        for g in db.session.scalars(
+            select(InboundMessage.graph_id).where(
+                InboundMessage.account_id == listener.account_id,
+                InboundMessage.graph_id.in_(graph_ids),
+            )
+        )
+        if g is not None
+    }
+
+
+def _graph_after(
+    mailbox: _GraphMailbox, listener: EmailListener, ids: list[str], destination: str
+) -> None:
+    m = mailbox
+    for message_id in ids:
+        graph.after_processing(
+            m.url, m.upn, m.token, m.settings, m.policy, message_id,
+            listener.after_processing, destination,
+        )  # fmt: skip
+
+
+def _poll_graph(listener: EmailListener, committed: Committed) -> PollResult:
+    result = PollResult()
+    m = _graph_mailbox(listener.account)
+    folders = graph.list_folders(m.url, m.upn, m.token, m.settings, m.policy)
+    folder_id = _graph_folder_id(m, listener.folder, folders)
+    destination = ""
+    if listener.after_processing == AfterProcessing.MOVE.value:
+        destination = _graph_folder_id(m, listener.move_to_folder, folders)
+    link = listener.graph_delta_link
+    restarted = False
+    while True:
+        try:
+            page = graph.delta_page(
+                m.url, m.upn, m.token, m.settings, m.policy, folder_id, link, listener.max_batch
+            )
+        except DeltaExpired:
+            if restarted:
+                raise
+            # Graph forgets delta state after a while: list the folder again (once); what is
+            # stored already is recognised by its id.
+            log.info("listener %s: delta link expired, listing the folder again", listener.id)
+            link, restarted = None, True
+            continue
+        # Messages moved or deleted out of the folder come back as "@removed": nothing to fetch.
+        present = [item for item in page.messages if "@removed" not in item]
+        stored = _stored_graph_ids(listener, [str(item["id"]) for item in present])
+        # Stored in an earlier poll that stopped before acting on them, or changed since (a
+        # message marked read comes back once as changed): act on those still unread.
+        left = [
+            str(item["id"])
+            for item in present
+            if str(item["id"]) in stored
+            and not (listener.after_processing == "mark_read" and item.get("isRead"))
+        ]
+        _graph_after(m, listener, left, destination)
+        new = [str(item["id"]) for item in present if str(item["id"]) not in stored]
+        result.fetched += len(present) - len(new)
+        result.duplicates += len(present) - len(new)
+        items = [
+            (
+                _Identity(folder=listener.folder, graph_id=message_id),
+                graph.message_mime(m.url, m.upn, m.token, m.settings, m.policy, message_id),
+            )
+            for message_id in new
+        ]
+        # Stored even when its Message-ID is known (ingesting counts it as a copy): a message
+        # skipped here would, once marked read, come back changed in every delta and be fetched
+        # again each time.
+        messages = _store_batch(listener, items, "graph", result, by_message_id=False)
+        _commit_batch(listener, messages, committed)
+        _graph_after(m, listener, new, destination)
+        if page.delta_link:
+            # Only once every message listed is stored and acted on: a poll that stops
+            # earlier starts again from the previous link and finds them stored.
+            listener.graph_delta_link = page.delta_link
+            db.session.commit()
+            return result
+        link = page.next_link
+
+
+def graph_folders(account: EmailAccount) -> list[str]:
+    """The display names of a Graph mailbox's top-level folders. Raises ConnectivityError."""
+    m = _graph_mailbox(account)
+    try:
+        folders = graph.list_folders(m.url, m.upn, m.token, m.settings, m.policy, TEST_TIMEOUT)
+    except GraphError as exc:
+        raise ConnectivityError(str(exc)) from None
+    return [name for _, name in folders]
+
+
 # -- polling ------------------------------------------------------------------------------------
 
 
@@ -382,16 +527,20 @@ def poll(listener: EmailListener, committed: Committed = enqueue_ingest) -> Poll
     """
     account = listener.account
     protocol = account.receiver_protocol
-    if protocol not in ("imap", "pop3"):
-        raise ReceivingError(
-            "Receiving with Microsoft Graph is not available yet: use an IMAP or POP3 account."
-        )
+    if protocol not in ("imap", "pop3", "graph"):
+        raise ReceivingError(f"Listeners cannot poll with {protocol}.")
     endpoint = receiver_endpoint(account)
     result = PollResult()
     try:
-        login = _mailbox_login(account)
-        run = _poll_imap if protocol == "imap" else _poll_pop3
-        result = run(listener, endpoint, login, committed)
+        if protocol == "graph":
+            result = _poll_graph(listener, committed)
+        else:
+            login = _mailbox_login(account)
+            run = _poll_imap if protocol == "imap" else _poll_pop3
+            result = run(listener, endpoint, login, committed)
+    except GraphError as exc:
+        db.session.rollback()
+        result.errors.append(str(exc))
     except SecretError:
         db.session.rollback()
         result.errors.append(UNDECRYPTABLE)
@@ -418,6 +567,12 @@ def server_folders(account: EmailAccount) -> list[str]:
     """
     if account.receiver_protocol == "pop3":
         return ["INBOX"]
+    if account.receiver_protocol == "graph":
+        try:
+            names = graph_folders(account)
+        except SecretError:
+            raise ConnectivityError(UNDECRYPTABLE) from None
+        return sorted(names, key=lambda name: (name.casefold() != "inbox", name.casefold()))
     if account.receiver_protocol != "imap":
         raise ConnectivityError("Only IMAP accounts have folders to pick from here.")
     endpoint = _for_test(receiver_endpoint(account))

@@ -11,7 +11,15 @@ from sqlalchemy import func, select
 from webapp.casetypes.definition import Definition, FieldDef, field_value_error
 from webapp.extensions import db
 from webapp.mail.parse import ParsedMessage
-from webapp.models import CaseType, EmailListener, ResolvedCasePolicy, RuleAction, ServiceEmailRule
+from webapp.models import (
+    CaseType,
+    ChannelRoute,
+    EmailChannel,
+    EmailListener,
+    ResolvedCasePolicy,
+    RuleAction,
+    ServiceEmailRule,
+)
 from webapp.services.casetypes import version_definition
 
 SOURCES = {
@@ -204,8 +212,19 @@ def delete_rule(rule: ServiceEmailRule) -> None:
     names = list(users)
     if names:
         raise RuleError(f"The listeners {', '.join(names)} use this rule; change them first.")
+    channels = _channels_using(rule.id)
+    if channels:
+        raise RuleError(
+            f"The email channels {', '.join(channels)} route to this rule; change them first."
+        )
     db.session.delete(rule)
     db.session.flush()
+
+
+def _channels_using(rule_id: int) -> list[str]:
+    by_route = select(EmailChannel.name).join(ChannelRoute).where(ChannelRoute.rule_id == rule_id)
+    by_default = select(EmailChannel.name).where(EmailChannel.default_rule_id == rule_id)
+    return sorted(set(db.session.scalars(by_route.union(by_default))))
 
 
 def map_fields(rule: ServiceEmailRule, message: ParsedMessage) -> list[MappedValue]:

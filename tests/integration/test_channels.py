@@ -1,0 +1,322 @@
+"""Email channels: the admin pages, the service, and ingesting through a listener's channel."""
+
+from __future__ import annotations
+
+import io
+
+import pytest
+from sqlalchemy import func, select
+
+from tests.fixtures.app import both_databases, csrf_token
+from tests.support.inbound import load, make_route, message, store
+from webapp.extensions import db
+from webapp.models import Case, ChannelRoute, EmailChannel, EmailListener, ServiceEmailRule
+from webapp.services import channels as service
+from webapp.services import listeners as listener_service
+from webapp.services.ingest import ingest_message
+from webapp.services.rules import RuleError, delete_rule
+
+
+def _post(client, path: str, data: dict[str, str], page: str | None = None):
+    return client.post(path, data={**data, "csrf_token": csrf_token(client, page or path)})
+
+
+@pytest.fixture
+def setup(app, make_account, make_case_type):
+    """An account, the expense case type, a rule opening expense cases and its listener."""
+    account_id = make_account()
+    type_id = make_case_type()
+    listener_id = make_route(app, account_id, type_id)
+    with app.app_context():
+        rule_id = db.session.scalar(select(ServiceEmailRule.id))
+    return {"account": account_id, "type": type_id, "rule": rule_id, "listener": listener_id}
+
+
+def _channel(app, setup, mode: str = "first", default: str = "quarantine") -> int:
+    """A channel: newsletters ignored, SPAM headers quarantined, taxi subjects to the rule,
+    mail from example.org opens a plain expense case; the listener routes through it."""
+    with app.app_context():
+        channel = service.save_channel(None, name="Triage", mode=mode, default_kind=default)
+        service.add_route(
+            channel, service.parse_condition_lines("subject contains newsletter"), "ignore", None
+        )
+        service.add_route(
+            channel, service.parse_condition_lines("header:X-Spam equals yes"), "quarantine", None
+        )
+        service.add_route(
+            channel, service.parse_condition_lines("subject regex ^taxi"), "rule", setup["rule"]
+        )
+        service.add_route(
+            channel,
+            service.parse_condition_lines("sender_domain equals example.org"),
+            "case_type",
+            setup["type"],
+        )
+        listener = db.session.get(EmailListener, setup["listener"])
+        listener.rule_id = None
+        listener.channel_id = channel.id
+        db.session.commit()
+        return channel.id
+
+
+def _ingest(app, raw: bytes, listener_id: int):
+    inbound_id = store(app, raw, listener_id)
+    with app.app_context():
+        ingest_message(inbound_id)
+        db.session.commit()
+    return load(app, inbound_id)
+
+
+def _case(app, case_id: int) -> Case:
+    with app.app_context():
+        case = db.session.get(Case, case_id)
+        db.session.expunge(case)
+        return case
+
+
+@both_databases
+def test_a_channel_routes_each_message_and_records_why(app, setup):
+    _channel(app, setup)
+    listener = setup["listener"]
+
+    taxi = _ingest(app, message(), listener)
+    assert taxi.status == "processed"
+    assert _case(app, taxi.case_id).fields["amount"] == "42.50"  # the rule's mappings
+    assert {
+        "step": "channel",
+        "note": ("Route 3 matched (the subject matches “^taxi”): the rule Expenses by email."),
+    } in taxi.decisions
+
+    plain = _ingest(
+        app,
+        message(subject="Hotel", sender="bob@example.org", message_id="<m2@example.org>"),
+        listener,
+    )
+    assert plain.status == "processed"
+    case = _case(app, plain.case_id)
+    assert case.subject == "Hotel" and case.requester == "bob@example.org"
+    assert not case.fields["amount"]  # a case type alone maps no fields
+
+    news = _ingest(app, message(subject="Our newsletter", message_id="<m3@x.test>"), listener)
+    assert news.status == "ignored" and news.case_id is None
+    assert news.status_reason == (
+        "Ignored by the channel Triage: Route 1 matched (the subject contains “newsletter”): "
+        "ignore the message."
+    )
+
+    spam = _ingest(
+        app, message(subject="Taxi", message_id="<m4@x.test>", headers="X-Spam: yes\r\n"), listener
+    )
+    assert spam.status == "quarantined"
+    assert spam.status_reason.startswith("Quarantined by the channel Triage: Route 2 matched")
+
+    other = _ingest(app, message(subject="Hello", message_id="<m5@x.test>"), listener)
+    assert other.status == "quarantined"
+    assert "No route matched: the default route, quarantine the message." in other.status_reason
+    with app.app_context():
+        assert db.session.scalar(select(func.count()).select_from(Case)) == 2
+
+
+@both_databases
+def test_all_matches_mode_opens_one_case_and_records_the_other_matches(app, setup):
+    _channel(app, setup, mode="all")
+    raw = message(subject="Taxi again", sender="carol@example.org", headers="X-Spam: yes\r\n")
+    inbound = _ingest(app, raw, setup["listener"])
+    assert inbound.status == "processed"
+    assert _case(app, inbound.case_id).fields["amount"] == "42.50"  # route 3, the first to open
+    notes = [d["note"] for d in inbound.decisions]
+    assert sum(1 for d in inbound.decisions if d["step"] == "channel") == 3
+    assert any(n.startswith("Also matched, not followed: Route 2 matched") for n in notes)
+    assert any(n.startswith("Also matched, not followed: Route 4 matched") for n in notes)
+    with app.app_context():
+        assert db.session.scalar(select(func.count()).select_from(Case)) == 1
+
+
+@both_databases
+def test_a_reply_through_a_channel_joins_its_case(app, setup):
+    _channel(app, setup)
+    first = _ingest(app, message(sender="dan@example.org", subject="Hotel"), setup["listener"])
+    reference = _case(app, first.case_id).reference
+    reply = _ingest(
+        app,
+        message(sender="dan@example.org", subject=f"Re: Hotel [{reference}]", message_id="<r@x>"),
+        setup["listener"],
+    )
+    assert reply.status == "processed" and reply.case_id == first.case_id
+
+
+@both_databases
+def test_the_service_refuses_bad_routes_and_changes_nothing(app, setup):
+    with app.app_context():
+        channel = service.save_channel(None, name="Triage", mode="first", default_kind="ignore")
+        with pytest.raises(service.ChannelError, match="Line 2: The regular expression"):
+            service.parse_condition_lines("subject contains a\nsubject regex (x")
+        with pytest.raises(service.ChannelError) as caught:
+            service.parse_condition_lines("subject contains")
+        assert caught.value.field_errors == {
+            "conditions": "Line 1 needs a field, a comparison and a text."
+        }
+        with pytest.raises(service.ChannelError) as caught:
+            service.add_route(
+                channel, [{"field": "subject", "op": "contains", "value": "x"}], "rule", None
+            )
+        assert caught.value.field_errors == {"target_rule": "Choose a rule from the list."}
+        with pytest.raises(service.ChannelError, match="That name is taken"):
+            service.save_channel(None, name="Triage", mode="first", default_kind="ignore")
+        with pytest.raises(service.ChannelError) as caught:
+            service.save_channel(channel, name="Triage", mode="some", default_kind="ignore")
+        assert caught.value.field_errors == {"mode": "Choose first match or all matches."}
+        assert db.session.scalar(select(func.count()).select_from(ChannelRoute)) == 0
+
+
+@both_databases
+def test_routes_are_reordered_and_removed(app, setup):
+    with app.app_context():
+        channel = service.save_channel(None, name="Triage", mode="first", default_kind="ignore")
+        for word in ("a", "b", "c"):
+            service.add_route(
+                channel, service.parse_condition_lines(f"subject contains {word}"), "ignore", None
+            )
+        routes = sorted(channel.routes, key=lambda r: r.position)
+        service.move_route(routes[2], -1)
+        service.move_route(routes[0], -1)  # already first: stays
+        order = [r.conditions[0]["value"] for r in sorted(channel.routes, key=lambda r: r.position)]
+        assert order == ["a", "c", "b"]
+        service.remove_route(routes[0])
+        db.session.commit()
+        rows = db.session.execute(
+            select(ChannelRoute.position, ChannelRoute.conditions).order_by(ChannelRoute.position)
+        ).all()
+        assert [(p, c[0]["value"]) for p, c in rows] == [(1, "c"), (2, "b")]
+
+
+@both_databases
+def test_a_listener_routes_to_a_rule_or_a_channel_not_both(app, setup):
+    _channel(app, setup)
+    with app.app_context():
+        listener = db.session.get(EmailListener, setup["listener"])
+        channel_id = listener.channel_id
+        values = {name: getattr(listener, name) for name in listener_service.FIELDS}
+        values["folder"] = "INBOX"
+        both = {**values, "rule_id": setup["rule"]}
+        errors = listener_service.listener_errors(listener, both)
+        assert errors["channel_id"] == "Route to a rule or to a channel, not both: leave one empty."
+        errors = listener_service.listener_errors(listener, {**values, "channel_id": 9999})
+        assert errors["channel_id"] == "Choose an email channel from the list."
+        assert "channel_id" not in listener_service.listener_errors(listener, values)
+        with pytest.raises(service.ChannelError, match=r"The listeners .* route through"):
+            service.delete_channel(db.session.get(EmailChannel, channel_id))
+
+
+def test_admin_builds_a_channel_in_the_browser(app, client, login_as, setup):
+    login_as("admin")
+    response = _post(
+        client, "/admin/channels/new", {"name": "Triage", "mode": "first", "default": "ignore"}
+    )
+    assert response.status_code == 302, response.get_data(as_text=True)
+    with app.app_context():
+        channel_id = db.session.scalar(select(EmailChannel.id))
+    page_path = f"/admin/channels/{channel_id}"
+    add = f"{page_path}/routes"
+
+    bad = _post(client, add, {"conditions": "subject regex (x", "target": "ignore"}, page_path)
+    assert bad.status_code == 400
+    assert "Line 1: The regular expression “(x” is not valid" in bad.get_data(as_text=True)
+    no_rule = _post(client, add, {"conditions": "subject contains x", "target": "rule"}, page_path)
+    assert "Choose a rule from the list." in no_rule.get_data(as_text=True)
+
+    for line, target, extra in (
+        ("subject contains newsletter", "ignore", {}),
+        ("header:X-Spam equals yes", "rule", {"target_rule": str(setup["rule"])}),
+    ):
+        response = _post(client, add, {"conditions": line, "target": target, **extra}, page_path)
+        assert response.status_code == 302
+    page = client.get(page_path).get_data(as_text=True)
+    assert "subject contains newsletter" in page and "header:X-Spam equals yes" in page
+    assert "Rule Expenses by email" in page
+    with app.app_context():
+        second = db.session.scalar(select(ChannelRoute.id).where(ChannelRoute.position == 2))
+    assert _post(client, f"{page_path}/routes/{second}/up", {}, page_path).status_code == 302
+    with app.app_context():
+        assert db.session.get(ChannelRoute, second).position == 1
+    assert _post(client, f"{page_path}/routes/{second}/delete", {}, page_path).status_code == 302
+    listing = client.get("/admin/channels/").get_data(as_text=True)
+    assert "Triage" in listing and "First match" in listing and "No listener" in listing
+    assert 'href="/admin/channels/"' in listing  # the Admin menu entry
+
+    assert _post(client, f"{page_path}/delete", {}, page_path).status_code == 302
+    with app.app_context():
+        assert db.session.scalar(select(func.count()).select_from(EmailChannel)) == 0
+
+
+def test_channel_pages_are_for_admins_only(client, login_as):
+    login_as("designer")
+    for path in ("/admin/channels/", "/admin/channels/new"):
+        assert client.get(path).status_code == 403
+
+
+def test_the_rule_tester_shows_the_channel_routing_and_saves_nothing(app, client, login_as, setup):
+    channel_id = _channel(app, setup)
+    login_as("admin")
+    token = csrf_token(client, "/admin/rules/test")
+
+    def test(raw: bytes, **choice: str):
+        return client.post(
+            "/admin/rules/test",
+            data={"csrf_token": token, **choice, "message": (io.BytesIO(raw), "m.eml")},
+            content_type="multipart/form-data",
+        )
+
+    page = test(message(), channel_id=str(channel_id)).get_data(as_text=True)
+    assert "Channel routing" in page and "New case" in page
+    assert "Route 3 matched (the subject matches “^taxi”): the rule Expenses by email." in page
+    assert "42.50" in page
+    page = test(message(subject="newsletter"), channel_id=str(channel_id)).get_data(as_text=True)
+    assert "Ignored by the channel Triage" in page
+    page = test(message(subject="Hello"), channel_id=str(channel_id), rule_id=str(setup["rule"]))
+    assert "No route matched: the default route, quarantine the message." in page.get_data(
+        as_text=True
+    )
+    assert test(message(), channel_id="", rule_id="").status_code == 400
+    with app.app_context():
+        assert db.session.scalar(select(func.count()).select_from(Case)) == 0
+
+
+@both_databases
+def test_a_rule_a_channel_routes_to_is_not_deleted(app, setup):
+    _channel(app, setup)
+    with app.app_context():
+        rule = db.session.get(ServiceEmailRule, setup["rule"])
+        with pytest.raises(RuleError, match="The email channels Triage route to this rule"):
+            delete_rule(rule)
+
+
+def test_the_listener_form_picks_a_channel_instead_of_a_rule(
+    app, client, login_as, setup, make_account
+):
+    channel_id = _channel(app, setup)
+    account = make_account(account_id="other", receiver_host="mail.example.invalid")
+    login_as("admin")
+    new = "/admin/listeners/new"
+    fields = {
+        "name": "Triage inbox",
+        "account_id": str(account),
+        "folder": "INBOX",
+        "message_format": "both",
+        "rule_id": str(setup["rule"]),
+        "channel_id": str(channel_id),
+        "poll_interval_seconds": "60",
+        "max_batch": "100",
+        "after_processing": "mark_read",
+        "max_message_bytes": "1048576",
+        "enabled": "y",
+    }
+    both = _post(client, new, fields)
+    assert both.status_code == 400
+    assert "Route to a rule or to a channel, not both" in both.get_data(as_text=True)
+    assert _post(client, new, {**fields, "rule_id": "None"}).status_code == 302
+    with app.app_context():
+        listener = db.session.scalar(
+            select(EmailListener).where(EmailListener.name == "Triage inbox")
+        )
+        assert (listener.rule_id, listener.channel_id) == (None, channel_id)

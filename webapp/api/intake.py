@@ -1,0 +1,91 @@
+"""Raw MIME pushed over HTTP into a listener: the HTTP twin of `flask mail ingest --listener`."""
+
+from __future__ import annotations
+
+import functools
+import logging
+from typing import Any
+
+from flask import Response, g, jsonify, request
+from redis.exceptions import RedisError
+from sqlalchemy.exc import SQLAlchemyError
+
+from webapp.api import bp
+from webapp.extensions import db
+from webapp.models import EmailListener, Role
+from webapp.security import api_token_required
+from webapp.services.intake import IntakeError, store_for_listener
+
+log = logging.getLogger(__name__)
+
+MIME_TYPE = "message/rfc822"
+RETRY_AFTER_SECONDS = 60
+
+
+def _error(status: int, error: str, message: str) -> Response:
+    response = jsonify(error=error, message=message)
+    response.status_code = status
+    return response
+
+
+def _database_unavailable_as_503(view: Any) -> Any:
+    # Outside api_token_required: the token lookup is the first thing to hit the database.
+    @functools.wraps(view)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return view(*args, **kwargs)
+        except SQLAlchemyError:
+            db.session.rollback()
+            log.exception("HTTP intake: the database is unavailable")
+            response = _error(
+                503, "unavailable", "The database is unavailable; send the message again later."
+            )
+            response.headers["Retry-After"] = str(RETRY_AFTER_SECONDS)
+            return response
+
+    return wrapper
+
+
+def _read_limited(limit: int) -> bytes | None:
+    """The request body, or None when it is larger than `limit` bytes."""
+    if request.content_length is not None and request.content_length > limit:
+        return None
+    raw = request.stream.read(limit + 1)
+    return None if len(raw) > limit else raw
+
+
+@bp.route("/listeners/<int:listener_id>/messages", methods=["POST"])
+@_database_unavailable_as_503
+@api_token_required
+def intake_message(listener_id: int) -> Response:
+    if not g.api_user.has_role(Role.ADMIN):
+        return _error(403, "forbidden", "Only admins send messages to a listener.")
+    listener = db.session.get(EmailListener, listener_id)
+    if listener is None:
+        return _error(404, "not_found", f"There is no listener with the ID {listener_id}.")
+    if request.mimetype != MIME_TYPE:
+        return _error(415, "unsupported_media_type", f"Send the raw message as {MIME_TYPE}.")
+    raw = _read_limited(listener.max_message_bytes)
+    if raw is None:
+        return _error(
+            413,
+            "too_large",
+            f"The message is larger than the listener's limit of "
+            f"{listener.max_message_bytes} bytes.",
+        )
+    try:
+        inbound = store_for_listener(raw, "http", listener)
+    except IntakeError as exc:
+        db.session.rollback()
+        return _error(422, "refused", f"The message was refused: {exc}.")
+    db.session.commit()
+    try:
+        from workers.inbound import enqueue_ingest
+
+        enqueue_ingest([inbound.id])
+    except RedisError:
+        # Stored and committed is what counts: the reconciler enqueues it later.
+        log.warning("HTTP intake: message %s left for the reconciler", inbound.id)
+    response = jsonify(id=inbound.id, status=inbound.status)
+    response.status_code = 202
+    return response

@@ -1,0 +1,78 @@
+"""Channel forms: the channel (name, mode, default route) and a route to add."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+from wtforms import SelectChoice, SelectField, StringField, SubmitField, TextAreaField
+from wtforms.validators import DataRequired, Length
+
+from webapp.forms.base import BaseForm
+from webapp.models import CaseType, ServiceEmailRule
+
+MODES = [
+    SelectChoice("first", "First match"),
+    SelectChoice("all", "All matches"),
+]
+KINDS = [
+    SelectChoice("quarantine", "Quarantine (an admin looks at it)"),
+    SelectChoice("ignore", "Ignore (kept, no case)"),
+    SelectChoice("rule", "A service email rule"),
+    SelectChoice("case_type", "A case type (a new case, no field mappings)"),
+]
+
+
+def _optional_int(value: Any) -> int | None:
+    return int(value) if value not in (None, "", "None") else None
+
+
+def _rule_choices(rules: Sequence[ServiceEmailRule]) -> list[SelectChoice]:
+    return [SelectChoice(None, "—")] + [SelectChoice(r.id, r.name) for r in rules]
+
+
+def _type_choices(types: Sequence[CaseType]) -> list[SelectChoice]:
+    return [SelectChoice(None, "—")] + [SelectChoice(t.id, t.name) for t in types]
+
+
+class ChannelForm(BaseForm):
+    name = StringField("Name", validators=[DataRequired(), Length(max=100)])
+    mode = SelectField(
+        "Mode",
+        choices=MODES,
+        description="First match: the first route that matches decides. All matches: every "
+        "match is recorded; the first that opens cases decides.",
+    )
+    default = SelectField(
+        "Default route",
+        choices=KINDS,
+        description="Where a message goes when no route matches.",
+    )
+    default_rule = SelectField("Default rule", coerce=_optional_int, description="For “A rule”.")
+    default_case_type = SelectField(
+        "Default case type", coerce=_optional_int, description="For “A case type”."
+    )
+    submit = SubmitField("Save channel")
+
+    def set_choices(self, rules: Sequence[ServiceEmailRule], types: Sequence[CaseType]) -> None:
+        self.default_rule.choices = _rule_choices(rules)
+        self.default_case_type.choices = _type_choices(types)
+
+
+class RouteForm(BaseForm):
+    conditions = TextAreaField(
+        "Conditions",
+        validators=[DataRequired("Enter at least one condition, one a line.")],
+        render_kw={"rows": 3},
+        description="One a line, all must hold: what to look at, how, and the text.",
+    )
+    target = SelectField("Then", choices=KINDS)
+    target_rule = SelectField("Rule", coerce=_optional_int, description="For “A rule”.")
+    target_case_type = SelectField(
+        "Case type", coerce=_optional_int, description="For “A case type”."
+    )
+    submit = SubmitField("Add route")
+
+    def set_choices(self, rules: Sequence[ServiceEmailRule], types: Sequence[CaseType]) -> None:
+        self.target_rule.choices = _rule_choices(rules)
+        self.target_case_type.choices = _type_choices(types)
