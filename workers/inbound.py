@@ -37,23 +37,40 @@ def enqueue_ingest(inbound_ids: Sequence[int]) -> None:
 @job
 def ingest_messages(inbound_ids: list[int]) -> None:
     """Ingest each message in its own transaction."""
-    from webapp.services.ingest import IngestError, ingest_message, quarantine_failed
+    from webapp.services.ingest import (
+        IngestError,
+        Tally,
+        count_outcomes,
+        ingest_message,
+        quarantine_failed,
+    )
 
-    for inbound_id in inbound_ids:
-        try:
-            ingest_message(inbound_id)
-            db.session.commit()
-        except IngestError as exc:
-            # Rolled back already; the message stays "received" for the reconciler.
-            log.warning("inbound message %s: %s", inbound_id, exc)
-        except OperationalError:
-            # The database is unavailable: the message stays "received" for the reconciler.
-            db.session.rollback()
-            log.exception("ingest of inbound message %s failed; it will be retried", inbound_id)
-        except Exception as exc:
-            db.session.rollback()
-            log.exception("ingest of inbound message %s failed; quarantined", inbound_id)
-            quarantine_failed(inbound_id, exc)
+    # The listener's counters are one row every worker writes: updating it per message costs
+    # a statement and a wait on that row in every transaction, so a batch adds its outcomes
+    # once at the end (a worker killed mid-batch leaves its messages uncounted, nothing else).
+    tally = Tally()
+    try:
+        for inbound_id in inbound_ids:
+            try:
+                outcome = Tally()
+                ingest_message(inbound_id, outcome)
+                db.session.commit()
+                tally.update(outcome)  # only what was committed
+            except IngestError as exc:
+                # Rolled back already; the message stays "received" for the reconciler.
+                log.warning("inbound message %s: %s", inbound_id, exc)
+            except OperationalError:
+                # The database is unavailable: the message stays "received" for the reconciler.
+                db.session.rollback()
+                log.exception("ingest of inbound message %s failed; it will be retried", inbound_id)
+            except Exception as exc:
+                db.session.rollback()
+                log.exception("ingest of inbound message %s failed; quarantined", inbound_id)
+                quarantine_failed(inbound_id, exc)
+                db.session.commit()
+    finally:
+        if tally:
+            count_outcomes(tally)
             db.session.commit()
 
 

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import copy
+import functools
+import json
 import re
 from typing import Any
 
@@ -315,7 +317,15 @@ def publish(case_type: CaseType, acting: User | None) -> CaseTypeVersion:
 
 def version_definition(version: CaseTypeVersion) -> Definition:
     """The definition of a published version (published definitions are always valid)."""
-    return parse_definition(version.definition, check=False)
+    return _parsed_definition(json.dumps(version.definition, sort_keys=True))
+
+
+# Reading a definition costs about a millisecond and ingesting mail needs it twice per message.
+# The cache is keyed by the definition's content, not the version's id, so it can never hand
+# out a stale definition; a Definition is immutable (frozen dataclasses and tuples) to share.
+@functools.lru_cache(maxsize=64)
+def _parsed_definition(canonical: str) -> Definition:
+    return parse_definition(json.loads(canonical), check=False)
 
 
 def published_case_types() -> list[CaseType]:

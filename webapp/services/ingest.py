@@ -9,11 +9,13 @@ then finds nothing to claim, on PostgreSQL (row lock) and on SQLite (database wr
 
 from __future__ import annotations
 
+from collections import Counter
 from dataclasses import dataclass, field
 from datetime import timedelta
 from typing import Any, cast
 
 from sqlalchemy import CursorResult, func, select, update
+from sqlalchemy.orm import joinedload
 from sqlalchemy.orm.exc import StaleDataError
 
 from webapp.casetypes.templating import render
@@ -55,6 +57,10 @@ REPLY_CLOSED = "reply_closed"
 IGNORE = "ignore"
 QUARANTINE = "quarantine"
 DUPLICATE = "duplicate"
+
+
+# Outcomes not yet added to their listener's counters: (listener id, status) -> messages.
+Tally = Counter[tuple[int, str]]
 
 
 class IngestError(ValueError):
@@ -212,10 +218,12 @@ def plan(
     return result
 
 
-def ingest_message(inbound_id: int) -> InboundMessage | None:
+def ingest_message(inbound_id: int, tally: Tally | None = None) -> InboundMessage | None:
     """Ingest one stored message (flushes; the caller commits); None when not ours to do.
 
     Raises IngestError, after rolling back, when its case changed at the same moment.
+    With `tally` the outcome is added to it instead of to the listener's counters, for the
+    caller to write once per batch with `count_outcomes`.
 
     A message that is not in "received" (already processed, ignored or quarantined, or being
     ingested by another worker right now) is left alone.
@@ -225,7 +233,22 @@ def ingest_message(inbound_id: int) -> InboundMessage | None:
         return None
     inbound = db.session.get(InboundMessage, inbound_id, populate_existing=True)
     assert inbound is not None  # claimed just now, in this transaction
-    listener = db.session.get(EmailListener, inbound.listener_id) if inbound.listener_id else None
+    # The rule, its case type's published versions and the channel come in the same round
+    # trip: every message needs them, and lazy loading would cost a query each.
+    listener = (
+        db.session.get(
+            EmailListener,
+            inbound.listener_id,
+            options=[
+                joinedload(EmailListener.rule)
+                .joinedload(ServiceEmailRule.case_type)
+                .joinedload(CaseType.versions),
+                joinedload(EmailListener.channel),
+            ],
+        )
+        if inbound.listener_id
+        else None
+    )
     limits = Limits(max_size=listener.max_message_bytes) if listener else None
     result = plan(
         inbound.raw,
@@ -241,7 +264,7 @@ def ingest_message(inbound_id: int) -> InboundMessage | None:
             _carry_out(result, rule)
         _record(inbound, result)
         if listener is not None:
-            _count(listener.id, result.status)
+            _count(listener.id, result.status, tally)
             _tell_sender(listener, result)
         db.session.flush()
     except (case_service.AlreadyProcessed, StaleDataError):
@@ -253,7 +276,7 @@ def ingest_message(inbound_id: int) -> InboundMessage | None:
         ) from None
     except case_service.CaseError as exc:
         db.session.rollback()
-        return _quarantine_after_rollback(inbound_id, str(exc), result)
+        return _quarantine_after_rollback(inbound_id, str(exc), result, tally)
     return inbound
 
 
@@ -392,7 +415,8 @@ def _carry_out(result: Plan, rule: ServiceEmailRule) -> None:
             channel="email",
             require_fields=False,
         )
-        _email_event(result.case, result.sender, message)
+        # A case opened just now was last updated just now: no second write to its row.
+        _email_event(result.case, result.sender, message, touch=False)
         _store_attachments(result.case, result.attachments, message)
         if rule.send_ack and rule.ack_subject:
             _queue_mail(result.case, result.sender, rule.ack_subject, rule.ack_body)
@@ -425,7 +449,7 @@ def _carry_out(result: Plan, rule: ServiceEmailRule) -> None:
             result.notes.append(f"Ran the stage action {rule.stage_action}.")
 
 
-def _email_event(case: Case, sender: str, message: ParsedMessage) -> None:
+def _email_event(case: Case, sender: str, message: ParsedMessage, *, touch: bool = True) -> None:
     text = message.text.strip()
     body = f"Subject: {message.subject or NO_SUBJECT}\n\n{text}"
     db.session.add(
@@ -439,7 +463,8 @@ def _email_event(case: Case, sender: str, message: ParsedMessage) -> None:
             created_at=utcnow(),
         )
     )
-    case.updated_at = utcnow()
+    if touch:
+        case.updated_at = utcnow()
 
 
 def _store_attachments(case: Case, planned: list[AttachmentPlan], message: ParsedMessage) -> None:
@@ -481,7 +506,9 @@ def _record(inbound: InboundMessage, result: Plan) -> None:
     inbound.processed_at = utcnow()
 
 
-def _quarantine_after_rollback(inbound_id: int, reason: str, result: Plan) -> InboundMessage:
+def _quarantine_after_rollback(
+    inbound_id: int, reason: str, result: Plan, tally: Tally | None
+) -> InboundMessage:
     claimed = _claim(inbound_id)
     inbound = db.session.get(InboundMessage, inbound_id, populate_existing=True)
     assert inbound is not None and claimed
@@ -490,7 +517,7 @@ def _quarantine_after_rollback(inbound_id: int, reason: str, result: Plan) -> In
     result.case = None
     _record(inbound, result)
     if inbound.listener_id is not None:
-        _count(inbound.listener_id, result.status)
+        _count(inbound.listener_id, result.status, tally)
         listener = db.session.get(EmailListener, inbound.listener_id)
         if listener is not None:
             _tell_sender(listener, result)
@@ -534,7 +561,28 @@ def _claim(inbound_id: int) -> bool:
     return bool(cast(CursorResult[Any], result).rowcount)
 
 
-def _count(listener_id: int, status: str) -> None:
+def count_outcomes(tally: Tally) -> None:
+    """Add a batch's outcomes to the listeners' counters (flushes; the caller commits)."""
+    for listener_id in sorted({listener_id for listener_id, _ in tally}):
+        processed = tally[(listener_id, InboundStatus.PROCESSED.value)]
+        processed += tally[(listener_id, InboundStatus.IGNORED.value)]
+        quarantined = tally[(listener_id, InboundStatus.QUARANTINED.value)]
+        db.session.execute(
+            update(EmailListener)
+            .where(EmailListener.id == listener_id)
+            .values(
+                processed_count=EmailListener.processed_count + processed,
+                quarantined_count=EmailListener.quarantined_count + quarantined,
+            )
+            .execution_options(synchronize_session=False)
+        )
+    tally.clear()
+
+
+def _count(listener_id: int, status: str, tally: Tally | None) -> None:
+    if tally is not None:
+        tally[(listener_id, status)] += 1
+        return
     column = (
         EmailListener.quarantined_count
         if status == InboundStatus.QUARANTINED.value
