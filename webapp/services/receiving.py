@@ -243,7 +243,8 @@ def _commit_batch(
     listener: EmailListener, messages: list[InboundMessage], committed: Committed
 ) -> None:
     db.session.flush()
-    listener.processed_count += sum(m.status == InboundStatus.RECEIVED.value for m in messages)
+    # Received messages are counted when ingest decides what they are; only those quarantined
+    # here (too large) never reach ingest.
     listener.quarantined_count += sum(m.status == InboundStatus.QUARANTINED.value for m in messages)
     to_ingest = [m.id for m in messages if m.status == InboundStatus.RECEIVED.value]
     db.session.commit()
