@@ -27,6 +27,7 @@ from webapp.security import admin_required
 from webapp.services import accounts as account_service
 from webapp.services import auth_profiles as profile_service
 from webapp.services import keystores as keystore_service
+from webapp.views import delete_and_redirect
 
 SIDES = ("sender", "receiver")
 
@@ -176,12 +177,13 @@ def test(account_pk: int, side: str):
 @admin_required
 def delete(account_pk: int):
     account = _account_or_404(account_pk)
-    if not ConfirmForm().validate_on_submit():
-        abort(400)
-    account_service.delete_account(account)
-    db.session.commit()
-    flash(f"Account {account.account_id} deleted.", "success")
-    return redirect(url_for("accounts.accounts"))
+    home = url_for("accounts.accounts")
+    return delete_and_redirect(
+        lambda: account_service.delete_account(account),
+        done=f"Account {account.account_id} deleted.",
+        back=home,
+        home=home,
+    )
 
 
 # -- keystores --------------------------------------------------------------------------------
@@ -248,17 +250,13 @@ def show_keystore(keystore_pk: int):
 @admin_required
 def delete_keystore(keystore_pk: int):
     keystore = _keystore_or_404(keystore_pk)
-    if not ConfirmForm().validate_on_submit():
-        abort(400)
-    try:
-        keystore_service.delete_keystore(keystore)
-    except keystore_service.KeystoreRefused as exc:
-        db.session.rollback()
-        flash(str(exc), "danger")
-        return redirect(url_for("accounts.show_keystore", keystore_pk=keystore.id))
-    db.session.commit()
-    flash(f"Keystore {keystore.name} deleted.", "success")
-    return redirect(url_for("accounts.keystores"))
+    return delete_and_redirect(
+        lambda: keystore_service.delete_keystore(keystore),
+        refused=keystore_service.KeystoreRefused,
+        done=f"Keystore {keystore.name} deleted.",
+        back=url_for("accounts.show_keystore", keystore_pk=keystore.id),
+        home=url_for("accounts.keystores"),
+    )
 
 
 # -- OAuth 2.0 profiles -----------------------------------------------------------------------
@@ -336,17 +334,14 @@ def test_auth_profile(profile_pk: int):
 @admin_required
 def delete_auth_profile(profile_pk: int):
     profile = _profile_or_404(profile_pk)
-    if not ConfirmForm().validate_on_submit():
-        abort(400)
-    try:
-        profile_service.delete_profile(profile)
-    except profile_service.AuthProfileError as exc:
-        db.session.rollback()
-        flash(str(exc), "danger")
-    else:
-        db.session.commit()
-        flash(f"OAuth 2.0 profile {profile.name} deleted.", "success")
-    return redirect(url_for("accounts.auth_profiles"))
+    home = url_for("accounts.auth_profiles")
+    return delete_and_redirect(
+        lambda: profile_service.delete_profile(profile),
+        refused=profile_service.AuthProfileError,
+        done=f"OAuth 2.0 profile {profile.name} deleted.",
+        back=home,
+        home=home,
+    )
 
 
 @bp.app_template_filter("iso_date")

@@ -12,6 +12,7 @@ from webapp.forms.groups import GroupForm
 from webapp.models import Case, User, WorkGroup
 from webapp.security import admin_required
 from webapp.services import groups as service
+from webapp.views import delete_and_redirect
 
 MAX_PEOPLE = 500
 
@@ -104,15 +105,10 @@ def edit_group(group_id: int):
 @admin_required
 def delete_group(group_id: int):
     group = _group(group_id)
-    if not ConfirmForm().validate_on_submit():
-        abort(400)
-    name = group.name
-    try:
-        service.delete_group(group)
-    except service.GroupError as exc:
-        db.session.rollback()
-        flash(str(exc), "danger")
-        return redirect(url_for("admin.edit_group", group_id=group_id))
-    db.session.commit()
-    flash(f"Deleted the group {name}.", "success")
-    return redirect(url_for("admin.groups"))
+    return delete_and_redirect(
+        lambda: service.delete_group(group),
+        refused=service.GroupError,
+        done=f"Deleted the group {group.name}.",
+        back=url_for("admin.edit_group", group_id=group_id),
+        home=url_for("admin.groups"),
+    )

@@ -15,6 +15,7 @@ from webapp.models import ChannelRoute, EmailChannel, EmailListener
 from webapp.security import admin_required
 from webapp.services import channels as service
 from webapp.services import rules as rule_service
+from webapp.views import delete_and_redirect
 
 
 def _channel(channel_id: int) -> EmailChannel:
@@ -202,14 +203,10 @@ def remove_route(channel_id: int, route_id: int):
 @admin_required
 def delete_channel(channel_id: int):
     channel = _channel(channel_id)
-    _confirmed()
-    name = channel.name
-    try:
-        service.delete_channel(channel)
-    except service.ChannelError as exc:
-        db.session.rollback()
-        flash(str(exc), "danger")
-        return redirect(url_for("channels.edit_channel", channel_id=channel_id))
-    db.session.commit()
-    flash(f"Deleted the channel {name}.", "success")
-    return redirect(url_for("channels.channels"))
+    return delete_and_redirect(
+        lambda: service.delete_channel(channel),
+        refused=service.ChannelError,
+        done=f"Deleted the channel {channel.name}.",
+        back=url_for("channels.edit_channel", channel_id=channel_id),
+        home=url_for("channels.channels"),
+    )

@@ -13,6 +13,7 @@ from webapp.models.types import utcnow
 from webapp.security import admin_required
 from webapp.services import listeners as service
 from webapp.services.receiving import ReceivingError, server_folders
+from webapp.views import delete_and_redirect
 
 
 def _listener_or_404(listener_pk: int) -> EmailListener:
@@ -151,10 +152,10 @@ def poll_now(listener_pk: int):
 @admin_required
 def delete(listener_pk: int):
     listener = _listener_or_404(listener_pk)
-    if not ConfirmForm().validate_on_submit():
-        abort(400)
-    name = listener.name
-    service.delete_listener(listener)
-    db.session.commit()
-    flash(f"Listener {name} deleted. The messages it stored are kept.", "success")
-    return redirect(url_for("listeners.listeners"))
+    home = url_for("listeners.listeners")
+    return delete_and_redirect(
+        lambda: service.delete_listener(listener),
+        done=f"Listener {listener.name} deleted. The messages it stored are kept.",
+        back=home,
+        home=home,
+    )

@@ -15,6 +15,7 @@ from webapp.security import admin_required
 from webapp.services import channels as channel_service
 from webapp.services import ingest
 from webapp.services import rules as service
+from webapp.views import delete_and_redirect
 
 MAX_TEST_BYTES = 25 * 1024 * 1024
 
@@ -125,18 +126,13 @@ def edit_rule(rule_id: int):
 @admin_required
 def delete_rule(rule_id: int):
     rule = _rule(rule_id)
-    if not ConfirmForm().validate_on_submit():
-        abort(400)
-    name = rule.name
-    try:
-        service.delete_rule(rule)
-    except service.RuleError as exc:
-        db.session.rollback()
-        flash(str(exc), "danger")
-        return redirect(url_for("rules.edit_rule", rule_id=rule_id))
-    db.session.commit()
-    flash(f"Deleted the rule {name}.", "success")
-    return redirect(url_for("rules.rules"))
+    return delete_and_redirect(
+        lambda: service.delete_rule(rule),
+        refused=service.RuleError,
+        done=f"Deleted the rule {rule.name}.",
+        back=url_for("rules.edit_rule", rule_id=rule_id),
+        home=url_for("rules.rules"),
+    )
 
 
 @bp.route("/test", methods=["GET", "POST"])

@@ -1,0 +1,35 @@
+"""Pieces that several blueprints' views share."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+from flask import abort, flash, redirect
+from werkzeug.wrappers import Response
+
+from webapp.extensions import db
+from webapp.forms.auth import ConfirmForm
+
+
+def delete_and_redirect(
+    delete: Callable[[], object],
+    *,
+    refused: type[Exception] | tuple[type[Exception], ...] = (),
+    done: str,
+    back: str,
+    home: str,
+) -> Response:
+    """The POST of a Delete button: check its CSRF token, call `delete` (a service that
+    flushes), commit and flash `done`, then go to `home`; a `refused` error is flashed as it
+    says and leads to `back` with nothing changed."""
+    if not ConfirmForm().validate_on_submit():
+        abort(400)
+    try:
+        delete()
+    except refused as exc:
+        db.session.rollback()
+        flash(str(exc), "danger")
+        return redirect(back)
+    db.session.commit()
+    flash(done, "success")
+    return redirect(home)
