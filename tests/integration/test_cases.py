@@ -85,7 +85,7 @@ def test_entering_a_stage_stores_its_notifications(app, make_case_type, make_cas
     message = messages[0]
     assert message.status == "pending"
     assert message.recipients == ["manager@example.com"]
-    assert message.subject == f"Approve {reference}: 120.50 for Travel"
+    assert message.subject == f"Approve [{reference}]: 120.50 for Travel"
     assert "requester@example.com asks you to approve 120.50 (Travel, 2026-03-02)" in message.body
 
 
@@ -267,7 +267,7 @@ def test_a_line_break_in_a_case_value_cannot_start_a_header_in_a_notification(
             apply_action(case, action, user=None)
         db.session.commit()
         subjects = [m.subject for m in db.session.scalars(select(OutboundMessage))]
-    assert f"{reference} is approved: Train Bcc: everyone@example.com" in subjects
+    assert f"[{reference}] is approved: Train Bcc: everyone@example.com" in subjects
     assert not any("\r" in s or "\n" in s for s in subjects)
 
 

@@ -264,7 +264,7 @@ def test_attachments_within_the_limits_become_case_files_and_an_ack_is_queued(ap
         files = db.session.scalars(select(CaseAttachment)).all()
         assert len(files) >= 1 and all(f.case_id == inbound.case_id for f in files)
         ack = db.session.scalar(select(OutboundMessage))
-        assert ack.subject == "Received: EXP-1001"
+        assert ack.subject == "Received: [EXP-1001]"
         assert ack.status == "pending"
 
 

@@ -2,13 +2,18 @@
 
 from webapp.models.accounts import AuthProfile, EmailAccount, Keystore, KeystoreKind
 from webapp.models.cases import (
+    Approval,
+    ApprovalStatus,
     Case,
     CaseAttachment,
     CaseCounter,
     CaseEvent,
     CaseType,
     CaseTypeVersion,
+    OutboundKind,
     OutboundMessage,
+    OutboundRecipient,
+    OutboundStatus,
 )
 from webapp.models.channels import ChannelRoute, EmailChannel
 from webapp.models.groups import WorkGroup, work_group_members
@@ -25,6 +30,8 @@ from webapp.models.user import ApiToken, Role, User
 __all__ = [
     "AfterProcessing",
     "ApiToken",
+    "Approval",
+    "ApprovalStatus",
     "AuthProfile",
     "Case",
     "CaseAttachment",
@@ -40,7 +47,10 @@ __all__ = [
     "InboundStatus",
     "Keystore",
     "KeystoreKind",
+    "OutboundKind",
     "OutboundMessage",
+    "OutboundRecipient",
+    "OutboundStatus",
     "ResolvedCasePolicy",
     "Role",
     "RuleAction",

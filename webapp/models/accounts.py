@@ -134,6 +134,11 @@ class EmailAccount(Model):
     receiver_advanced: Mapped[dict[str, str]] = mapped_column(JSON, default=dict)
     graph_receiver_upn: Mapped[str] = mapped_column(String(320), default="")
 
+    # Decisions by email: whether a reply must prove its sender's domain (DKIM, or an
+    # Authentication-Results header from one of the trusted authserv-ids) to be applied.
+    require_authenticated_replies: Mapped[bool] = mapped_column(default=False, server_default="0")
+    trusted_authserv_ids: Mapped[str] = mapped_column(String(500), default="", server_default="")
+
     # Last Test connectivity results
     sender_tested_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
     sender_test_ok: Mapped[bool | None] = mapped_column()

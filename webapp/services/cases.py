@@ -36,13 +36,15 @@ from webapp.models import (
     CaseEvent,
     CaseType,
     CaseTypeVersion,
-    OutboundMessage,
+    EmailAccount,
+    OutboundKind,
     User,
     work_group_members,
 )
 from webapp.models.types import utcnow
 from webapp.services.casetypes import version_definition
 from webapp.services.groups import find_group, group_names_of
+from webapp.services.outbox import queue_message
 from webapp.services.text import like_escaped
 
 MAX_ATTACHMENT_BYTES = 10 * 1024 * 1024
@@ -108,8 +110,13 @@ def open_case(
     user: User | None,
     channel: str = "web",
     require_fields: bool = True,
+    email_account: EmailAccount | None = None,
 ) -> Case:
-    """Open a case on the newest published version; raises CaseError (with field errors)."""
+    """Open a case on the newest published version; raises CaseError (with field errors).
+
+    The case's mail goes out from `email_account` (the account it arrived through), else
+    from its case type's account.
+    """
     version = case_type.latest_version
     if version is None:
         raise CaseError(f"{case_type.name} has no published version yet; publish it first.")
@@ -145,6 +152,7 @@ def open_case(
         created_at=now,
         updated_at=now,
         stage=definition.first_stage.key,
+        email_account=email_account or case_type.email_account,
     )
     db.session.add(case)
     actor = actor_for(user, channel)
@@ -186,6 +194,7 @@ def _enter_stage(case: Case, definition: Definition, stage: StageDef, now: datet
     case.status = status_of(definition, stage.key)
     case.resolution = stage.resolution if stage.is_resolution else None
     case.stage_entered_at = now
+    case.stage_visit = (case.stage_visit or 0) + 1
     case.approvals = []
     case.approvers = list(resolve_approvers(stage, case.fields or {}))
     case.assignee_id = None
@@ -241,17 +250,14 @@ def _queue_notifications(case: Case, definition: Definition, stage: StageDef) ->
         recipients = list(dict.fromkeys(r for r in recipients if r))
         if not recipients:
             continue
-        db.session.add(
-            OutboundMessage(
-                case=case,
-                stage=stage.key,
-                recipients=recipients,
-                # A field value may hold line breaks; in a subject they would start new headers.
-                subject=" ".join(render(note.subject, values).split())[:998],
-                body=render(note.body, values),
-                attach_case_files=note.attach_files,
-                status="pending",
-            )
+        queue_message(
+            case,
+            kind=OutboundKind.NOTIFICATION,
+            recipients=recipients,
+            subject=render(note.subject, values),
+            body=render(note.body, values),
+            stage=stage.key,
+            attach_case_files=note.attach_files,
         )
 
 

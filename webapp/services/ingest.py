@@ -29,10 +29,12 @@ from webapp.models import (
     CaseAttachment,
     CaseEvent,
     CaseType,
+    EmailAccount,
     EmailChannel,
     EmailListener,
     InboundMessage,
     InboundStatus,
+    OutboundKind,
     OutboundMessage,
     ResolvedCasePolicy,
     RuleAction,
@@ -41,6 +43,7 @@ from webapp.models import (
 from webapp.models.types import utcnow
 from webapp.services import cases as case_service
 from webapp.services import channels as channel_service
+from webapp.services.outbox import queue_message
 from webapp.services.rules import MappedValue, map_fields
 
 # The loop breaker: a sender (often another robot we failed to recognise) may open at most
@@ -261,7 +264,10 @@ def ingest_message(inbound_id: int, tally: Tally | None = None) -> InboundMessag
     rule = result.rule
     try:
         if rule is not None and result.action in (OPEN, JOIN, REOPEN, REPLY_CLOSED):
-            _carry_out(result, rule)
+            account = (
+                db.session.get(EmailAccount, inbound.account_id) if inbound.account_id else None
+            )
+            _carry_out(result, rule, account)
         _record(inbound, result)
         if listener is not None:
             _count(listener.id, result.status, tally)
@@ -397,7 +403,7 @@ def _route(result: Plan, channel: EmailChannel, message: ParsedMessage) -> Servi
 # Carrying out a plan ------------------------------------------------------------------------
 
 
-def _carry_out(result: Plan, rule: ServiceEmailRule) -> None:
+def _carry_out(result: Plan, rule: ServiceEmailRule, account: EmailAccount | None) -> None:
     message = result.message
     assert message is not None  # only plans of parsed messages get here
     if result.action == OPEN:
@@ -414,12 +420,20 @@ def _carry_out(result: Plan, rule: ServiceEmailRule) -> None:
             user=None,
             channel="email",
             require_fields=False,
+            email_account=account,
         )
         # A case opened just now was last updated just now: no second write to its row.
         _email_event(result.case, result.sender, message, touch=False)
         _store_attachments(result.case, result.attachments, message)
         if rule.send_ack and rule.ack_subject:
-            _queue_mail(result.case, result.sender, rule.ack_subject, rule.ack_body)
+            _queue_mail(
+                result.case,
+                OutboundKind.ACKNOWLEDGEMENT,
+                result.sender,
+                rule.ack_subject,
+                rule.ack_body,
+                message,
+            )
             result.notes.append(f"An acknowledgement to {result.sender} was queued.")
         return
     case = result.case
@@ -427,10 +441,12 @@ def _carry_out(result: Plan, rule: ServiceEmailRule) -> None:
     if result.action == REPLY_CLOSED:
         _queue_mail(
             case,
+            OutboundKind.ANSWER,
             result.sender,
-            "Re: {{ subject }} [{{ case_id }}]",
+            "Re: {{ subject }}",
             "Your message about {{ case_id }} was not added: the case is closed. "
             "Write a new message to open a new case.",
+            message,
         )
         return
     if result.action == REOPEN:
@@ -482,18 +498,19 @@ def _store_attachments(case: Case, planned: list[AttachmentPlan], message: Parse
         )
 
 
-def _queue_mail(case: Case, to: str, subject: str, body: str) -> None:
+def _queue_mail(
+    case: Case, kind: OutboundKind, to: str, subject: str, body: str, answered: ParsedMessage
+) -> None:
     values = {name: str(value) for name, value in (case.fields or {}).items()}
     values.update(case_id=case.reference, subject=case.subject, requester=case.requester)
-    db.session.add(
-        OutboundMessage(
-            case=case,
-            stage=case.stage,
-            recipients=[to],
-            subject=" ".join(render(subject, values).split())[:998],
-            body=render(body, values),
-            status="pending",
-        )
+    queue_message(
+        case,
+        kind=kind,
+        recipients=[to],
+        subject=render(subject, values),
+        body=render(body, values),
+        in_reply_to=answered.message_id,
+        references=[*answered.references, answered.message_id] if answered.message_id else (),
     )
 
 
@@ -531,19 +548,22 @@ def _tell_sender(listener: EmailListener, result: Plan) -> None:
         return
     if any(name == "loop_breaker" for name, _ in result.filters):
         return  # answering a sender that writes in a loop would feed the loop
-    subject = result.message.subject if result.message else ""
-    db.session.add(
-        OutboundMessage(
-            case=None,
-            recipients=[result.sender],
-            subject=" ".join(f"Not processed: {subject or NO_SUBJECT}".split())[:998],
-            # The reason can name internal settings, so the sender gets a plain sentence only.
-            body=(
-                f'Your message "{subject or NO_SUBJECT}" could not be processed automatically. '
-                "It has been kept, and an administrator will look at it."
-            ),
-            status="pending",
-        )
+    message = result.message
+    subject = message.subject if message else ""
+    answered = message.message_id if message else None
+    queue_message(
+        None,
+        kind=OutboundKind.ERROR,
+        account=listener.account,
+        recipients=[result.sender],
+        subject=f"Not processed: {subject or NO_SUBJECT}",
+        # The reason can name internal settings, so the sender gets a plain sentence only.
+        body=(
+            f'Your message "{subject or NO_SUBJECT}" could not be processed automatically. '
+            "It has been kept, and an administrator will look at it."
+        ),
+        in_reply_to=answered,
+        references=[*message.references, answered] if message and answered else (),
     )
 
 
@@ -637,12 +657,19 @@ def _correlate(message: ParsedMessage) -> Correlation[Case]:
 
 
 def _cases_by_message_ids(message_ids: Any) -> dict[str, Case]:
-    rows = db.session.execute(
+    """Cases by the Message-IDs of messages they received or sent."""
+    wanted = list(message_ids)
+    received = db.session.execute(
         select(InboundMessage.message_id, Case)
         .join(Case, Case.id == InboundMessage.case_id)
-        .where(InboundMessage.message_id.in_(list(message_ids)))
+        .where(InboundMessage.message_id.in_(wanted))
     )
-    return {message_id: case for message_id, case in rows if message_id}
+    sent = db.session.execute(
+        select(OutboundMessage.message_id, Case)
+        .join(Case, Case.id == OutboundMessage.case_id)
+        .where(OutboundMessage.message_id.in_(wanted))
+    )
+    return {message_id: case for message_id, case in [*received, *sent] if message_id}
 
 
 def _bounced_case(message: ParsedMessage, original: str | None) -> tuple[Case | None, str]:
