@@ -10,6 +10,7 @@ from sqlalchemy import func, select
 from tests.fixtures.app import both_databases, csrf_token
 from tests.support.inbound import load, make_route, message, store
 from webapp.extensions import db
+from webapp.mail.parse import parse_message
 from webapp.models import Case, ChannelRoute, EmailChannel, EmailListener, ServiceEmailRule
 from webapp.services import channels as service
 from webapp.services import listeners as listener_service
@@ -320,3 +321,83 @@ def test_the_listener_form_picks_a_channel_instead_of_a_rule(
             select(EmailListener).where(EmailListener.name == "Triage inbox")
         )
         assert (listener.rule_id, listener.channel_id) == (None, channel_id)
+
+
+@both_databases
+def test_a_route_is_edited_in_its_place(app, setup):
+    with app.app_context():
+        channel = service.save_channel(None, name="Triage", mode="first", default_kind="ignore")
+        for word in ("a", "b"):
+            service.add_route(
+                channel, service.parse_condition_lines(f"subject contains {word}"), "ignore", None
+            )
+        second = sorted(channel.routes, key=lambda r: r.position)[1]
+        conditions = service.parse_condition_lines("sender_domain equals example.org\nbody regex x")
+        assert service.update_route(second, conditions, "rule", setup["rule"]) is True
+        assert service.update_route(second, conditions, "rule", setup["rule"]) is False
+        with pytest.raises(service.ChannelError) as caught:
+            service.update_route(second, conditions, "case_type", None)
+        assert caught.value.field_errors == {
+            "target_case_type": "Choose a case type with a published version."
+        }
+        with pytest.raises(service.ChannelError, match="at least one condition"):
+            service.update_route(second, [], "ignore", None)
+        db.session.commit()
+        rows = db.session.execute(
+            select(ChannelRoute.position, ChannelRoute.target_kind, ChannelRoute.rule_id).order_by(
+                ChannelRoute.position
+            )
+        ).all()
+        assert [tuple(r) for r in rows] == [(1, "ignore", None), (2, "rule", setup["rule"])]
+        assert service.condition_line(second.conditions[0]) == "sender_domain equals example.org"
+        # The edited route routes: mail from example.org now takes the rule.
+        routed = service.route(
+            channel, parse_message(message(subject="Hello", sender="x@example.org", body="x"))
+        )
+        assert routed.first is not None and routed.first.route.position == 2
+
+
+def test_admin_edits_a_route_on_the_channel_page(app, client, auth, login_as, setup):
+    """The route keeps its place and id; a refused edit changes nothing; admins only."""
+    with app.app_context():
+        channel = service.save_channel(None, name="Triage", mode="first", default_kind="ignore")
+        route = service.add_route(
+            channel, service.parse_condition_lines("subject contains invoice"), "ignore", None
+        )
+        db.session.commit()
+        channel_id, route_id = channel.id, route.id
+    login_as("admin")
+    page_path = f"/admin/channels/{channel_id}"
+    editing = client.get(f"{page_path}?edit_route={route_id}").get_data(as_text=True)
+    assert "Edit route 1" in editing and "Save route" in editing
+    assert "subject contains invoice</textarea>" in editing
+    assert client.get(f"{page_path}?edit_route=9999").status_code == 404
+
+    edit = f"{page_path}/routes/{route_id}"
+    bad = _post(client, edit, {"conditions": "subject regex (x", "target": "ignore"}, page_path)
+    assert bad.status_code == 400
+    text = bad.get_data(as_text=True)
+    assert "Line 1: The regular expression “(x” is not valid" in text and "Edit route 1" in text
+    no_rule = _post(client, edit, {"conditions": "subject contains x", "target": "rule"}, page_path)
+    assert "Choose a rule from the list." in no_rule.get_data(as_text=True)
+    with app.app_context():
+        assert db.session.get(ChannelRoute, route_id).conditions[0]["value"] == "invoice"
+
+    fields = {
+        "conditions": "subject contains bill\nheader:X-Priority equals 1",
+        "target": "rule",
+        "target_rule": str(setup["rule"]),
+    }
+    saved = _post(client, edit, fields, page_path)
+    assert saved.status_code == 302
+    page = client.get(page_path).get_data(as_text=True)
+    assert "Saved route 1." in page
+    assert "subject contains bill" in page and "header:X-Priority equals 1" in page
+    assert "Rule Expenses by email" in page and "subject contains invoice" not in page
+    with app.app_context():
+        assert db.session.scalar(select(func.count()).select_from(ChannelRoute)) == 1
+        assert db.session.get(ChannelRoute, route_id).position == 1
+
+    auth.logout()
+    login_as("designer")
+    assert client.get(f"{page_path}?edit_route={route_id}").status_code == 403

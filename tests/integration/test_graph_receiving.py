@@ -176,3 +176,53 @@ def test_cli_polls_a_graph_listener_and_enqueues_ingest(
     assert [(job.func_name, job.args) for job in jobs] == [
         ("workers.inbound.ingest_messages", ([r.id for r in stored(app)],))
     ]
+
+
+def test_folders_below_the_top_level_are_listed_and_watched(
+    app, client, login_as, graph_server, graph_account, make_listener
+):
+    folders = ["Inbox", "Archive", "Inbox/Approvals", "Inbox/Approvals/2026", "Archive/Done"]
+    graph_server.add_mailbox(UPN, [*folders, "Notes", "Inbox/Billing", "Inbox/Claims"])
+    graph_server.state.folder_page_size = 2  # the top level and Inbox's children: two pages
+    with app.app_context():
+        account = db.session.get(EmailAccount, graph_account)
+        assert server_folders(account) == [
+            "Inbox",
+            "Inbox/Approvals",
+            "Inbox/Approvals/2026",
+            "Inbox/Billing",
+            "Inbox/Claims",
+            "Archive",
+            "Archive/Done",
+            "Notes",
+        ]
+    login_as("admin")
+    html = client.get(f"/admin/listeners/new?account={graph_account}").get_data(as_text=True)
+    assert '<option value="Inbox/Approvals/2026">Inbox/Approvals/2026</option>' in html
+
+    graph_server.deliver(UPN, make_raw("Top level"))
+    wanted = graph_server.deliver(UPN, make_raw("Approve this"), folder="Inbox/Approvals")
+    listener_id = make_listener(
+        graph_account,
+        folder="inbox/approvals",  # letter case as typed
+        after_processing="move",
+        move_to_folder="Archive/Done",
+    )
+    graph_server.state.folder_requests.clear()
+    assert run(app, listener_id).summary() == "fetched 1, stored 1, duplicates 0"
+    assert [r.graph_id for r in stored(app)] == [wanted]
+    assert _folder_of(graph_server)[wanted] == "Archive/Done"
+    # A poll opens only the folders on the way to the two it needs: the top level and Inbox
+    # (two pages each) and Archive, not Inbox/Approvals (id-2), whose children it does not need.
+    assert sorted(graph_server.state.folder_requests) == [
+        "mailFolders",
+        "mailFolders",
+        "mailFolders/id-0/childFolders",
+        "mailFolders/id-0/childFolders",
+        "mailFolders/id-1/childFolders",
+    ]
+
+    with app.app_context():
+        db.session.get(EmailListener, listener_id).folder = "Inbox/Elsewhere"
+        db.session.commit()
+    assert run(app, listener_id).errors == [f"The mailbox {UPN} has no folder Inbox/Elsewhere."]

@@ -1,8 +1,8 @@
-"""Channel pages: the list, a channel with its routes (add, move, remove), delete."""
+"""Channel pages: the list, a channel with its routes (add, edit, move, remove), delete."""
 
 from __future__ import annotations
 
-from flask import abort, flash, redirect, render_template, url_for
+from flask import abort, flash, redirect, render_template, request, url_for
 from sqlalchemy import select
 from wtforms import Field
 
@@ -59,10 +59,28 @@ def _channel_form(channel: EmailChannel | None) -> ChannelForm:
     return form
 
 
-def _route_form() -> RouteForm:
-    form = RouteForm()
+def _route_form(route: ChannelRoute | None = None) -> RouteForm:
+    """The form to add a route, or (route given) to edit that route in its place."""
+    data = None
+    if route is not None:
+        data = {
+            "conditions": "\n".join(service.condition_line(c) for c in route.conditions or []),
+            "target": route.target_kind,
+            "target_rule": route.rule_id,
+            "target_case_type": route.case_type_id,
+        }
+    form = RouteForm(data=data)
     form.set_choices(rule_service.all_rules(), rule_service.published_case_types())
+    if route is not None:
+        form.submit.label.text = "Save route"
     return form
+
+
+def _route_values(form: RouteForm) -> tuple[list[dict[str, str]], str, int | None]:
+    """The conditions, target kind and target id the route form sends; raises ChannelError."""
+    kind = form.target.data or ""
+    target_id = form.target_rule.data if kind == "rule" else form.target_case_type.data
+    return service.parse_condition_lines(form.conditions.data or ""), kind, target_id
 
 
 def _save(form: ChannelForm, channel: EmailChannel | None) -> EmailChannel | None:
@@ -82,7 +100,13 @@ def _save(form: ChannelForm, channel: EmailChannel | None) -> EmailChannel | Non
         return None
 
 
-def _page(channel: EmailChannel, form: ChannelForm, route_form: RouteForm, status: int = 200):
+def _page(
+    channel: EmailChannel,
+    form: ChannelForm,
+    route_form: RouteForm,
+    status: int = 200,
+    editing: ChannelRoute | None = None,
+):
     listeners = list(
         db.session.scalars(select(EmailListener.name).where(EmailListener.channel_id == channel.id))
     )
@@ -94,6 +118,7 @@ def _page(channel: EmailChannel, form: ChannelForm, route_form: RouteForm, statu
         action_form=ConfirmForm(formdata=None),
         listeners=listeners,
         condition_line=service.condition_line,
+        editing=editing,
     ), status
 
 
@@ -127,7 +152,11 @@ def new_channel():
 def edit_channel(channel_id: int):
     channel = _channel(channel_id)
     form = _channel_form(channel)
-    route_form = _route_form()
+    editing = None
+    edit_id = request.args.get("edit_route", type=int)
+    if edit_id is not None and request.method == "GET":
+        editing = _route(channel, edit_id)
+    route_form = _route_form(editing)
     if form.validate_on_submit():
         saved = _save(form, channel)
         if saved is not None:
@@ -135,7 +164,7 @@ def edit_channel(channel_id: int):
             flash(f"Saved the channel {saved.name}.", "success")
             return redirect(url_for("channels.edit_channel", channel_id=channel_id))
         channel = _channel(channel_id)
-    return _page(channel, form, route_form, 400 if form.is_submitted() else 200)
+    return _page(channel, form, route_form, 400 if form.is_submitted() else 200, editing)
 
 
 @bp.route("/<int:channel_id>/routes", methods=["POST"])
@@ -145,13 +174,8 @@ def add_route(channel_id: int):
     form = _channel_form(channel)
     route_form = _route_form()
     if route_form.validate_on_submit():
-        kind = route_form.target.data or ""
-        target_id = (
-            route_form.target_rule.data if kind == "rule" else route_form.target_case_type.data
-        )
         try:
-            conditions = service.parse_condition_lines(route_form.conditions.data or "")
-            service.add_route(channel, conditions, kind, target_id)
+            service.add_route(channel, *_route_values(route_form))
         except service.ChannelError as exc:
             db.session.rollback()
             _place(route_form, exc, route_form.conditions)
@@ -160,6 +184,28 @@ def add_route(channel_id: int):
         flash("Added the route.", "success")
         return redirect(url_for("channels.edit_channel", channel_id=channel_id))
     return _page(channel, form, route_form, 400)
+
+
+@bp.route("/<int:channel_id>/routes/<int:route_id>", methods=["POST"])
+@admin_required
+def edit_route(channel_id: int, route_id: int):
+    channel = _channel(channel_id)
+    route = _route(channel, route_id)
+    route_form = _route_form(route)
+    if route_form.validate_on_submit():
+        try:
+            changed = service.update_route(route, *_route_values(route_form))
+        except service.ChannelError as exc:
+            db.session.rollback()
+            _place(route_form, exc, route_form.conditions)
+            channel = _channel(channel_id)
+            return _page(
+                channel, _channel_form(channel), route_form, 400, _route(channel, route_id)
+            )
+        db.session.commit()
+        flash(f"Saved route {route.position}." if changed else "The route is unchanged.", "success")
+        return redirect(url_for("channels.edit_channel", channel_id=channel_id))
+    return _page(channel, _channel_form(channel), route_form, 400, route)
 
 
 def _confirmed() -> None:

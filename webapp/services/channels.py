@@ -39,31 +39,44 @@ def all_channels() -> list[EmailChannel]:
     return list(db.session.scalars(select(EmailChannel).order_by(EmailChannel.name)))
 
 
+def parse_condition(line: str) -> dict[str, str]:
+    """One condition from "FIELD OP VALUE" (FIELD may be header:NAME); raises ChannelError."""
+    parts = line.strip().split(None, 2)
+    if len(parts) < 3:
+        raise ChannelError(
+            "Write what to look at, how, and the text, for example “subject contains invoice”.",
+            {"conditions": "A condition needs a field, a comparison and a text."},
+        )
+    field, op, value = parts
+    condition = {"field": field.lower(), "op": _OP_WORDS.get(op.lower(), op), "value": value}
+    if field.lower().startswith("header:"):
+        condition["field"] = "header"
+        condition["header"] = field.split(":", 1)[1]
+    try:
+        routing.compile_condition(condition)
+    except routing.RoutingError as exc:
+        raise ChannelError(str(exc), {"conditions": str(exc)}) from None
+    return condition
+
+
 def parse_condition_lines(text: str) -> list[dict[str, str]]:
     """Conditions from lines "FIELD OP VALUE" (FIELD may be header:NAME); raises ChannelError."""
     conditions: list[dict[str, str]] = []
     for number, line in enumerate(text.splitlines(), start=1):
         if not line.strip():
             continue
-        parts = line.strip().split(None, 2)
-        if len(parts) < 3:
+        if len(line.strip().split(None, 2)) < 3:
             raise ChannelError(
                 f"Line {number}: write what to look at, how, and the text, for example "
                 "“subject contains invoice”.",
                 {"conditions": f"Line {number} needs a field, a comparison and a text."},
             )
-        field, op, value = parts
-        condition = {"field": field.lower(), "op": _OP_WORDS.get(op.lower(), op), "value": value}
-        if field.lower().startswith("header:"):
-            condition["field"] = "header"
-            condition["header"] = field.split(":", 1)[1]
         try:
-            routing.compile_condition(condition)
-        except routing.RoutingError as exc:
+            conditions.append(parse_condition(line))
+        except ChannelError as exc:
             raise ChannelError(
                 f"Line {number}: {exc}", {"conditions": f"Line {number}: {exc}"}
             ) from None
-        conditions.append(condition)
     if not conditions:
         raise ChannelError(
             "A route needs at least one condition.",
@@ -148,22 +161,31 @@ def delete_channel(channel: EmailChannel) -> None:
     db.session.flush()
 
 
+def _check_conditions(conditions: list[dict[str, str]]) -> None:
+    if not conditions:
+        raise ChannelError(
+            "A route needs at least one condition.",
+            {"conditions": "Enter at least one condition, one a line."},
+        )
+    if len(conditions) > routing.MAX_CONDITIONS:
+        raise ChannelError(
+            f"A route has at most {routing.MAX_CONDITIONS} conditions.",
+            {"conditions": f"Keep to {routing.MAX_CONDITIONS} conditions or fewer."},
+        )
+    for condition in conditions:
+        try:
+            routing.compile_condition(condition)
+        except routing.RoutingError as exc:
+            raise ChannelError(str(exc), {"conditions": str(exc)}) from None
+
+
 def add_route(
     channel: EmailChannel, conditions: list[dict[str, str]], kind: str, target_id: int | None
 ) -> ChannelRoute:
     """Add a route after the others; raises ChannelError for a bad condition or target."""
     if len(channel.routes) >= MAX_ROUTES:
         raise ChannelError(f"A channel has at most {MAX_ROUTES} routes.")
-    for condition in conditions:
-        try:
-            routing.compile_condition(condition)
-        except routing.RoutingError as exc:
-            raise ChannelError(str(exc), {"conditions": str(exc)}) from None
-    if not conditions:
-        raise ChannelError(
-            "A route needs at least one condition.",
-            {"conditions": "Enter at least one condition, one a line."},
-        )
+    _check_conditions(conditions)
     target = _target(kind, target_id, "target")
     route = ChannelRoute(
         position=len(channel.routes) + 1,
@@ -175,6 +197,30 @@ def add_route(
     channel.routes.append(route)
     db.session.flush()
     return route
+
+
+def update_route(
+    route: ChannelRoute, conditions: list[dict[str, str]], kind: str, target_id: int | None
+) -> bool:
+    """Change a route's conditions and target, keeping its place; returns whether anything
+    changed. Raises ChannelError, as add_route does, changing nothing."""
+    _check_conditions(conditions)
+    target = _target(kind, target_id, "target")
+    before = (route.conditions, route.target_kind, route.rule_id, route.case_type_id)
+    after = (
+        conditions,
+        target.kind,
+        target.rule.id if target.rule else None,
+        target.case_type.id if target.case_type else None,
+    )
+    if before == after:
+        return False
+    route.conditions = conditions
+    route.target_kind = target.kind
+    route.rule = target.rule
+    route.case_type = target.case_type
+    db.session.flush()
+    return True
 
 
 def remove_route(route: ChannelRoute) -> None:

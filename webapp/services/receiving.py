@@ -402,8 +402,11 @@ def _graph_mailbox(account: EmailAccount) -> _GraphMailbox:
 
 
 def _graph_folder_id(mailbox: _GraphMailbox, name: str, folders: list[tuple[str, str]]) -> str:
-    for folder_id, display_name in folders:
-        if name.casefold() in (display_name.casefold(), folder_id.casefold()):
+    """The id of the folder at path `name` (`Inbox/Approvals`, any letter case) or with that
+    id. Raises ConnectivityError."""
+    wanted = graph.folder_key(name)
+    for folder_id, path in folders:
+        if wanted == graph.folder_key(path) or name == folder_id:
             return folder_id
     raise ConnectivityError(f"The mailbox {mailbox.upn} has no folder {name}.")
 
@@ -435,7 +438,8 @@ def _graph_after(
 def _poll_graph(listener: EmailListener, committed: Committed) -> PollResult:
     result = PollResult()
     m = _graph_mailbox(listener.account)
-    folders = graph.list_folders(m.url, m.upn, m.token, m.settings, m.policy)
+    wanted = [listener.folder, listener.move_to_folder]
+    folders = graph.list_folders(m.url, m.upn, m.token, m.settings, m.policy, toward=wanted)
     folder_id = _graph_folder_id(m, listener.folder, folders)
     destination = ""
     if listener.after_processing == AfterProcessing.MOVE.value:
@@ -493,7 +497,8 @@ def _poll_graph(listener: EmailListener, committed: Committed) -> PollResult:
 
 
 def graph_folders(account: EmailAccount) -> list[str]:
-    """The display names of a Graph mailbox's top-level folders. Raises ConnectivityError."""
+    """The paths of a Graph mailbox's folders (`Inbox/Approvals` for one below Inbox).
+    Raises ConnectivityError."""
     m = _graph_mailbox(account)
     try:
         folders = graph.list_folders(m.url, m.upn, m.token, m.settings, m.policy, TEST_TIMEOUT)
@@ -573,7 +578,11 @@ def server_folders(account: EmailAccount) -> list[str]:
             names = graph_folders(account)
         except SecretError:
             raise ConnectivityError(UNDECRYPTABLE) from None
-        return sorted(names, key=lambda name: (name.casefold() != "inbox", name.casefold()))
+        # Inbox and the folders below it first, then the others, each parent before its children.
+        return sorted(
+            names,
+            key=lambda name: (name.split("/")[0].casefold() != "inbox", name.casefold().split("/")),
+        )
     if account.receiver_protocol != "imap":
         raise ConnectivityError("Only IMAP accounts have folders to pick from here.")
     endpoint = _for_test(receiver_endpoint(account))
