@@ -1,14 +1,22 @@
 """Incoming mail end to end: Dovecot -> listener poll -> RQ ingest workers -> cases.
 
-    python bench/ingest.py [--messages 500] [--workers 1,2] [--redis-url redis://127.0.0.1:6379/13]
+    python bench/ingest.py [--messages 500] [--workers 1,2] [--runs 3]
+                           [--database sqlite|postgres|all] [--redis-url redis://127.0.0.1:6379/13]
 
-Starts a private Dovecot (the test suite's server class), then for each worker count: delivers
-the same N messages (mixed sizes, HTML, attachments, replies) to a fresh mailbox, measures the
-raw limit on them (imapclient BODY.PEEK[] batch fetch + email.message_from_bytes with
-policy.default), and runs the real thing on a fresh SQLite database: one listener poll in this
-process while `flask worker --queue inbound` processes (SimpleWorker) ingest the batches it
-enqueues, until every message is processed. Prints messages per second, the raw limit and the
-ratio. The Redis database given is emptied before each run: use one nothing else uses.
+Starts a private Dovecot (the test suite's server class), then for each database and worker
+count, `--runs` times: delivers the same N messages (mixed sizes, HTML, attachments, replies)
+to a fresh mailbox, measures the raw limit on them (imapclient BODY.PEEK[] batch fetch +
+email.message_from_bytes with policy.default, before and after the run, averaged), and runs the
+real thing on a fresh database: one listener poll in this process while `flask worker --queue
+inbound` processes (SimpleWorker) ingest the batches it enqueues, until every message is
+processed. Then, on another fresh database and mailbox, the poll alone stores the messages with
+no worker running, and the clock measures the workers ingesting them: "ingest alone", which is
+what a second worker can speed up. Prints messages per second, the raw limit and the ratio, per
+run and as the median of the runs, with the CPU time per message of the raw fetch + parse, of
+the poll and of the workers (Linux /proc), which moves much less with the machine's load.
+The workers are started, registered and warmed up (one empty batch each) before any clock.
+PostgreSQL (BENCH_POSTGRES_URL or TEST_POSTGRES_URL) is used in a schema of its own, dropped
+afterwards. The Redis database given is emptied before each run: use one nothing else uses.
 """
 
 from __future__ import annotations
@@ -19,19 +27,25 @@ import os
 import secrets
 import shutil
 import signal
+import statistics
 import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from email import policy
 from email.message import EmailMessage
 from pathlib import Path
 
+import psycopg
 from cryptography.fernet import Fernet
+from flask import Flask
 from imapclient import IMAPClient
 from redis import Redis
-from rq import Worker
+from rq import Queue, Worker
+from rq.job import JobStatus
 from sqlalchemy import func, select
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -46,18 +60,25 @@ from webapp.services import casetypes as casetype_service  # noqa: E402
 from webapp.services import rules as rule_service  # noqa: E402
 from webapp.services.accounts import save_account  # noqa: E402
 from webapp.services.receiving import poll  # noqa: E402
+from workers.inbound import enqueue_ingest, ingest_messages  # noqa: E402
 from workers.queues import INBOUND  # noqa: E402
 
 BATCH = 100  # the listener's max_batch, and the raw fetch's batch
 PASSWORD = "bench-mailbox-password"  # noqa: S105 - a throwaway mailbox on a private server
 TIMEOUT = 900.0
+LABELS = {"sqlite": "SQLite", "postgres": "PostgreSQL"}
 
 
 @dataclass(frozen=True)
 class Figures:
     rate: float  # messages/s from the start of the poll until every message is processed
     poll_rate: float  # messages/s of the poll alone (fetch, store, commit, flag, enqueue)
+    ingest_rate: float  # messages/s of the workers alone, on messages stored before
     limit: float  # messages/s of the bare fetch + parse of the same messages
+    raw_cpu: float  # CPU seconds per message of the bare fetch + parse
+    poll_cpu: float  # CPU seconds per message of the poll (this process)
+    ingest_cpu: float  # CPU seconds per message of the workers, ingest alone
+    load: float  # the machine's load average (1 minute) at the end of the run
     statuses: dict[str, int]
 
 
@@ -103,10 +124,11 @@ def build_messages(count: int) -> list[bytes]:
     return messages
 
 
-def raw_limit(server: DovecotServer, user: str, count: int) -> float:
-    """Messages per second of fetching and parsing the mailbox, and nothing else."""
-    started = time.perf_counter()
+def raw_limit(server: DovecotServer, user: str, count: int) -> tuple[float, float]:
+    """(messages/s, CPU seconds/message) of fetching and parsing the mailbox, nothing else."""
+    started, cpu = time.perf_counter(), time.process_time()
     with IMAPClient(server.host, port=server.imap_port, ssl=False) as client:
+        client._imap.debug = 0  # as the poll does: its protocol logging makes fetching 4x slower
         client.login(user, PASSWORD)
         client.select_folder("INBOX", readonly=True)
         uids = sorted(client.search(["ALL"]))
@@ -116,10 +138,10 @@ def raw_limit(server: DovecotServer, user: str, count: int) -> float:
             for data in client.fetch(batch, ["BODY.PEEK[]"]).values():
                 email.message_from_bytes(data[b"BODY[]"], policy=policy.default)
                 parsed += 1
-    elapsed = time.perf_counter() - started
+    elapsed, cpu = time.perf_counter() - started, time.process_time() - cpu
     if parsed != count:
         raise SystemExit(f"raw fetch saw {parsed} messages, expected {count}")
-    return count / elapsed
+    return count / elapsed, cpu / count
 
 
 def set_up_listener(server: DovecotServer, user: str) -> int:
@@ -190,7 +212,26 @@ def start_workers(count: int, redis: Redis) -> list[subprocess.Popen[bytes]]:
             stop_workers(workers)
             raise SystemExit("the workers did not start")
         time.sleep(0.05)
+    # Warm each worker up with an empty batch (imports, mapper set-up, a database connection),
+    # as a worker that has been running for a while is: the clock measures ingesting only.
+    queue = Queue(INBOUND, connection=redis)
+    warming = [queue.enqueue(ingest_messages, []) for _ in range(count)]
+    while not all(job.get_status() == JobStatus.FINISHED for job in warming):
+        if time.monotonic() > deadline:
+            stop_workers(workers)
+            raise SystemExit("the workers did not warm up")
+        time.sleep(0.05)
     return workers
+
+
+def cpu_seconds(workers: list[subprocess.Popen[bytes]]) -> float:
+    """CPU time (user + system) the worker processes have used so far (Linux /proc)."""
+    ticks = os.sysconf("SC_CLK_TCK")
+    total = 0.0
+    for worker in workers:
+        fields = Path(f"/proc/{worker.pid}/stat").read_text().rpartition(")")[2].split()
+        total += (int(fields[11]) + int(fields[12])) / ticks  # utime, stime
+    return total
 
 
 def stop_workers(workers: list[subprocess.Popen[bytes]]) -> None:
@@ -201,57 +242,165 @@ def stop_workers(workers: list[subprocess.Popen[bytes]]) -> None:
         worker.wait(timeout=30)
 
 
-def run(
-    server: DovecotServer, messages: list[bytes], workers: int, redis_url: str, folder: Path
-) -> Figures:
-    """The figures of one run with `workers` worker processes."""
-    user = server.add_user(f"bench-{workers}-{os.getpid()}", PASSWORD)
-    for raw in messages:
-        server.deliver(user, raw)
-    limit = raw_limit(server, user, len(messages))
+@contextmanager
+def fresh_database(kind: str, folder: Path) -> Iterator[str]:
+    """The URL of an empty database: an SQLite file, or a PostgreSQL schema of its own."""
+    if kind == "sqlite":
+        yield f"sqlite:///{folder}/bench-{secrets.token_hex(4)}.db"
+        return
+    base = postgres_base()
+    assert base is not None
+    schema = f"bench_{secrets.token_hex(4)}"
+    with psycopg.connect(base, autocommit=True) as conn:
+        conn.execute(f"CREATE SCHEMA {schema}")
+    separator = "&" if "?" in base else "?"
+    try:
+        yield f"{base}{separator}options=-csearch_path%3D{schema}"
+    finally:
+        with psycopg.connect(base, autocommit=True) as conn:
+            conn.execute(f"DROP SCHEMA {schema} CASCADE")
 
-    os.environ["DATABASE_URL"] = f"sqlite:///{folder}/bench-{workers}.db"
+
+def postgres_base() -> str | None:
+    return os.environ.get("BENCH_POSTGRES_URL") or os.environ.get("TEST_POSTGRES_URL")
+
+
+def postgres_answers() -> bool:
+    base = postgres_base()
+    if not base:
+        return False
+    try:
+        with psycopg.connect(base, connect_timeout=3):
+            return True
+    except psycopg.Error:
+        return False
+
+
+def app_for(url: str, redis_url: str) -> Flask:
+    """An app on `url` with its tables created; the worker processes inherit the settings."""
+    os.environ["DATABASE_URL"] = url
     os.environ["REDIS_URL"] = redis_url
     app = create_app()
+    with app.app_context():
+        db.create_all()
+    return app
+
+
+def wait_until_ingested(started: float) -> dict[str, int]:
+    """Wait until no message is left "received"; the statuses then."""
+    waiting = select(func.count()).where(InboundMessage.status == InboundStatus.RECEIVED.value)
+    while db.session.scalar(waiting):
+        db.session.rollback()
+        if time.perf_counter() - started > TIMEOUT:
+            raise SystemExit("the workers did not finish in time")
+        time.sleep(0.01)
+    statuses = dict(
+        db.session.execute(
+            select(InboundMessage.status, func.count()).group_by(InboundMessage.status)
+        ).all()
+    )
+    db.session.remove()
+    db.engine.dispose()
+    return statuses
+
+
+def end_to_end(
+    server: DovecotServer, user: str, url: str, workers: int, redis_url: str, count: int
+) -> tuple[float, float, float, dict[str, int]]:
+    """(messages/s end to end, messages/s of the poll, its CPU seconds per message, statuses):
+    the poll and the workers at the same time."""
+    app = app_for(url, redis_url)
     redis = Redis.from_url(redis_url)
     redis.flushdb()
     with app.app_context():
-        db.create_all()
         listener_id = set_up_listener(server, user)
     pool = start_workers(workers, redis)
     try:
         with app.app_context():
-            started = time.perf_counter()
+            started, cpu = time.perf_counter(), time.process_time()
             result = poll(db.session.get(EmailListener, listener_id))
-            if result.errors or result.stored != len(messages):
+            if result.errors or result.stored != count:
                 raise SystemExit(f"the poll stored {result.stored}: {result.errors}")
-            polled = time.perf_counter() - started
-            waiting = select(func.count()).where(
-                InboundMessage.status == InboundStatus.RECEIVED.value
-            )
-            while db.session.scalar(waiting):
-                db.session.rollback()
-                if time.perf_counter() - started > TIMEOUT:
-                    raise SystemExit("the workers did not finish in time")
-                time.sleep(0.01)
+            polled, cpu = time.perf_counter() - started, time.process_time() - cpu
+            statuses = wait_until_ingested(started)
             elapsed = time.perf_counter() - started
-            statuses = dict(
-                db.session.execute(
-                    select(InboundMessage.status, func.count()).group_by(InboundMessage.status)
-                ).all()
-            )
-            db.session.remove()
-            db.engine.dispose()
     finally:
         stop_workers(pool)
         redis.flushdb()
-    return Figures(len(messages) / elapsed, len(messages) / polled, limit, statuses)
+    return count / elapsed, count / polled, cpu / count, statuses
+
+
+def ingest_alone(
+    server: DovecotServer, user: str, url: str, workers: int, redis_url: str, count: int
+) -> tuple[float, float]:
+    """(messages/s, the workers' CPU seconds per message) of the workers ingesting messages
+    the poll stored before the clock started."""
+    app = app_for(url, redis_url)
+    redis = Redis.from_url(redis_url)
+    redis.flushdb()
+    stored: list[int] = []
+    with app.app_context():
+        listener_id = set_up_listener(server, user)
+        result = poll(db.session.get(EmailListener, listener_id), committed=stored.extend)
+        if result.errors or len(stored) != count:
+            raise SystemExit(f"the poll stored {len(stored)}: {result.errors}")
+        db.session.remove()
+    pool = start_workers(workers, redis)
+    try:
+        with app.app_context():
+            started, cpu = time.perf_counter(), cpu_seconds(pool)
+            enqueue_ingest(stored)
+            wait_until_ingested(started)
+            elapsed, cpu = time.perf_counter() - started, cpu_seconds(pool) - cpu
+    finally:
+        stop_workers(pool)
+        redis.flushdb()
+    return count / elapsed, cpu / count
+
+
+def run(
+    server: DovecotServer,
+    messages: list[bytes],
+    kind: str,
+    workers: int,
+    redis_url: str,
+    folder: Path,
+) -> Figures:
+    """The figures of one run with `workers` worker processes on a `kind` database."""
+    tag = f"{kind}-{workers}-{secrets.token_hex(3)}"
+    users = [server.add_user(f"bench-{tag}-{phase}", PASSWORD) for phase in ("e2e", "ingest")]
+    for user in users:
+        for raw in messages:
+            server.deliver(user, raw)
+    before, raw_cpu = raw_limit(server, users[0], len(messages))
+    with fresh_database(kind, folder) as url:
+        rate, poll_rate, poll_cpu, statuses = end_to_end(
+            server, users[0], url, workers, redis_url, len(messages)
+        )
+    after, _ = raw_limit(server, users[0], len(messages))
+    with fresh_database(kind, folder) as url:
+        ingest_rate, ingest_cpu = ingest_alone(
+            server, users[1], url, workers, redis_url, len(messages)
+        )
+    return Figures(
+        rate=rate,
+        poll_rate=poll_rate,
+        ingest_rate=ingest_rate,
+        limit=(before + after) / 2,
+        raw_cpu=raw_cpu,
+        poll_cpu=poll_cpu,
+        ingest_cpu=ingest_cpu,
+        load=os.getloadavg()[0],
+        statuses=statuses,
+    )
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--messages", type=int, default=500)
     parser.add_argument("--workers", default="1,2", help="worker counts to run, in order")
+    parser.add_argument("--runs", type=int, default=3, help="runs of each; medians are printed")
+    parser.add_argument("--database", choices=("all", "sqlite", "postgres"), default="all")
     parser.add_argument(
         "--redis-url",
         default=os.environ.get("BENCH_REDIS_URL", "redis://127.0.0.1:6379/13"),
@@ -259,6 +408,14 @@ def main() -> None:
     )
     args = parser.parse_args()
     counts = [int(c) for c in args.workers.split(",")]
+    kinds = ["sqlite"] if args.database in ("all", "sqlite") else []
+    if args.database in ("all", "postgres"):
+        if postgres_answers():
+            kinds.append("postgres")
+        elif args.database == "postgres":
+            raise SystemExit("PostgreSQL does not answer at BENCH_POSTGRES_URL/TEST_POSTGRES_URL")
+        else:
+            print("PostgreSQL skipped: set BENCH_POSTGRES_URL (or TEST_POSTGRES_URL)")
 
     folder = Path(tempfile.mkdtemp(prefix="casemail-bench-"))
     folder.chmod(0o711)  # Dovecot's processes run as another user and must reach their files
@@ -272,25 +429,50 @@ def main() -> None:
     )
     messages = build_messages(args.messages)
     megabytes = sum(len(m) for m in messages) / 1e6
-    print(f"{len(messages)} messages, {megabytes:.1f} MB; SQLite, Redis {args.redis_url}")
+    print(
+        f"{len(messages)} messages, {megabytes:.1f} MB; {', '.join(kinds)}; "
+        f"{args.runs} run(s) each; Redis {args.redis_url}; {os.cpu_count()} CPUs"
+    )
     dovecot_root = folder / "dovecot"
     dovecot_root.mkdir(mode=0o711)
     server = DovecotServer(_find_dovecot(), dovecot_root, make_test_pki(folder), _mail_owner())
     server.start()
+    results: dict[tuple[str, int], list[Figures]] = {}
     try:
-        single = None
-        for count in counts:
-            got = run(server, messages, count, args.redis_url, folder)
-            single = single or got.rate
-            print(
-                f"{count} worker(s): {got.rate:6.1f} msg/s end to end "
-                f"(the poll alone {got.poll_rate:6.1f} msg/s); raw limit {got.limit:6.1f} msg/s; "
-                f"ratio {got.rate / got.limit:.2f}; x{got.rate / single:.2f} of the first run; "
-                f"{got.statuses}"
-            )
+        for number in range(1, args.runs + 1):
+            for kind in kinds:
+                for count in counts:
+                    got = run(server, messages, kind, count, args.redis_url, folder)
+                    results.setdefault((kind, count), []).append(got)
+                    print(
+                        f"run {number} {LABELS[kind]:10} {count} worker(s): "
+                        f"{got.rate:6.1f} msg/s end to end (poll {got.poll_rate:6.1f}); "
+                        f"ingest alone {got.ingest_rate:6.1f} msg/s; "
+                        f"raw limit {got.limit:6.1f} msg/s; ratio {got.rate / got.limit:.2f}; "
+                        f"CPU ms/msg: raw {got.raw_cpu * 1e3:.2f}, poll {got.poll_cpu * 1e3:.2f}, "
+                        f"ingest {got.ingest_cpu * 1e3:.2f}; load {got.load:.1f}; {got.statuses}",
+                        flush=True,
+                    )
     finally:
         server.stop()
         shutil.rmtree(folder, ignore_errors=True)
+    print("medians:")
+    for kind in kinds:
+        first = statistics.median(f.ingest_rate for f in results[(kind, counts[0])])
+        for count in counts:
+            runs = results[(kind, count)]
+            ratios = [f.rate / f.limit for f in runs]
+            ingest = statistics.median(f.ingest_rate for f in runs)
+            raw_cpu = statistics.median(f.raw_cpu for f in runs)
+            ingest_cpu = statistics.median(f.ingest_cpu for f in runs)
+            print(
+                f"  {LABELS[kind]:10} {count} worker(s): "
+                f"{statistics.median(f.rate for f in runs):6.1f} msg/s end to end, "
+                f"raw limit {statistics.median(f.limit for f in runs):6.1f} msg/s, "
+                f"ratio {statistics.median(ratios):.2f} ({min(ratios):.2f}-{max(ratios):.2f}); "
+                f"ingest alone {ingest:6.1f} msg/s, x{ingest / first:.2f} of the first; "
+                f"CPU per message: raw {raw_cpu * 1e3:.2f} ms, ingest {ingest_cpu * 1e3:.2f} ms"
+            )
 
 
 if __name__ == "__main__":

@@ -364,19 +364,40 @@ def test_a_second_copy_of_a_processed_message_is_ignored(app, route):
     assert count(app, Case) == 1
 
 
-def test_a_reply_runs_the_rules_stage_action(app, route):
-    mappings = [
-        {"field": name, "source": "body_key", "value": key}
-        for name, key in (
-            ("amount", "Amount"),
-            ("category", "Category"),
-            ("expense_date", "Date"),
-            ("manager_email", "Manager"),
-        )
+EXPENSE_KEYS = [
+    {"field": name, "source": "body_key", "value": key}
+    for name, key in (
+        ("amount", "Amount"),
+        ("category", "Category"),
+        ("expense_date", "Date"),
+        ("manager_email", "Manager"),
+    )
+]
+EXPENSE_BODY = "Amount: 12\nCategory: meals\nDate: 2026-11-20\nManager: Boss@Example.com\n"
+
+
+def test_the_rules_stage_action_runs_on_the_case_a_message_opens(app, route):
+    listener_id = route(mappings=EXPENSE_KEYS, stage_action="submit")
+    inbound = ingest(app, store(app, message(body=EXPENSE_BODY), listener_id))
+    assert {"step": "note", "note": "Ran the stage action submit."} in inbound.decisions
+    with app.app_context():
+        case = case_service.find_case("EXP-1001")
+        assert case.stage == "manager_approval"
+        assert case.fields["manager_email"] == "boss@example.com"
+    assert [entry[0] for entry in timeline(app, "EXP-1001")][:3] == [
+        "Created",
+        "Email in",
+        "Submit",
     ]
-    listener_id = route(mappings=mappings, stage_action="submit")
-    body = "Amount: 12\nCategory: meals\nDate: 2026-11-20\nManager: Boss@Example.com\n"
-    ingest(app, store(app, message(body=body), listener_id))
+
+
+def test_a_reply_runs_the_rules_stage_action(app, route):
+    listener_id = route(mappings=EXPENSE_KEYS)
+    ingest(app, store(app, message(body=EXPENSE_BODY), listener_id))
+    with app.app_context():
+        listener = db.session.get(EmailListener, listener_id)
+        listener.rule.stage_action = "submit"
+        db.session.commit()
     reply = message(
         subject="Re: Taxi", message_id="<r@example.com>", headers="References: <m1@example.com>\r\n"
     )
@@ -385,7 +406,6 @@ def test_a_reply_runs_the_rules_stage_action(app, route):
     with app.app_context():
         case = case_service.find_case("EXP-1001")
         assert case.fields["category"] == "Meals"
-        assert case.fields["manager_email"] == "boss@example.com"
         assert case.stage == "manager_approval"
 
 

@@ -44,9 +44,10 @@ class RuleForm(BaseForm):
         "(the sources are explained below the form).",
     )
     stage_action = StringField(
-        "Stage action for replies",
+        "Stage action",
         validators=[Length(max=100)],
-        description="Optional: the action (such as submit) to run when a message joins a case.",
+        description="Optional: the action (such as submit) to run when a message opens or "
+        "joins a case.",
     )
     resolved_policy = SelectField("Mail for a resolved case", choices=POLICIES)
     send_ack = BooleanField("Send an acknowledgement to the sender (never to automatic mail)")

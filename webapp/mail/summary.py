@@ -1,14 +1,27 @@
-"""A cheap look at a raw message's headers: enough to list it, without parsing the body."""
+"""A cheap look at a raw message's headers: enough to list it, without parsing the body.
+
+Every stored message is summarised while its poll holds the mailbox, so this runs on the
+receiving path: only the header block is parsed (with the fast `compat32` policy), and a
+value goes through `policy.default`'s header registry only when it is not plain ASCII text,
+which gives the same result at a fraction of the cost for ordinary mail.
+"""
 
 from __future__ import annotations
 
 import email.policy
+import re
 from dataclasses import dataclass
+from email.message import Message
 from email.parser import BytesHeaderParser
 from email.utils import getaddresses
 
-_parser = BytesHeaderParser(policy=email.policy.default)
+_parser = BytesHeaderParser(policy=email.policy.compat32)
+_strict = email.policy.default
 _MAX_HEADER = 998
+# The end of the header block: the first empty line.
+_HEADER_END_RE = re.compile(rb"\r?\n\r?\n")
+_PLAIN_RE = re.compile(r"[ -~\t\r\n]*\Z")
+_MESSAGE_ID_RE = re.compile(r"\s*<[^<>\s]+>\s*\Z")
 
 
 @dataclass(frozen=True)
@@ -18,24 +31,30 @@ class MessageSummary:
     message_id: str | None
 
 
-def _header(message: object, name: str) -> str:
-    try:
-        value = message.get(name)  # type: ignore[attr-defined]
-    except (ValueError, IndexError, TypeError):
-        # A header the policy cannot make sense of (broken encoded words, bad address lists).
-        raw = message.get_all(name, failobj=[])  # type: ignore[attr-defined]
-        value = str(raw[0]) if raw else ""
-    return " ".join(str(value or "").split())[:_MAX_HEADER]
+def _header(message: Message, name: str, plain: re.Pattern[str] = _PLAIN_RE) -> str:
+    wanted = name.lower()
+    raw = next((str(v) for k, v in message.raw_items() if k.lower() == wanted), None)
+    if raw is None:
+        return ""
+    if plain.match(raw) and "=?" not in raw:
+        value = raw  # what the strict policy would make of it, minus the cost
+    else:
+        try:
+            value = str(_strict.header_fetch_parse(name, raw))
+        except (ValueError, IndexError, TypeError):
+            # A header the policy cannot make sense of (broken encoded words, bad addresses).
+            value = raw
+    return " ".join(value.split())[:_MAX_HEADER]
 
 
 def summarize(raw: bytes) -> MessageSummary:
     """Subject, first From address and Message-ID of `raw`; never raises on malformed input."""
-    message = _parser.parsebytes(raw)
+    end = _HEADER_END_RE.search(raw)
+    message = _parser.parsebytes(raw[: end.end()] if end else raw)
     subject = _header(message, "Subject")
     sender = ""
-    from_value = _header(message, "From")
-    pairs = getaddresses([from_value])
+    pairs = getaddresses([_header(message, "From")])
     if pairs and pairs[0][1] and "@" in pairs[0][1]:
         sender = pairs[0][1].lower()
-    message_id = _header(message, "Message-ID") or None
+    message_id = _header(message, "Message-ID", _MESSAGE_ID_RE) or None
     return MessageSummary(subject=subject, from_address=sender, message_id=message_id)

@@ -3,28 +3,41 @@
 `plan` decides what a message would do and writes nothing (the rule tester shows it);
 `ingest_message` claims the stored row, follows the plan and records the outcome on the row.
 The claim is one conditional UPDATE (status still "received") run as the transaction's first
-statement: a second worker ingesting the same message waits for the first one's commit and
-then finds nothing to claim, on PostgreSQL (row lock) and on SQLite (database write lock).
+write: a second worker ingesting the same message waits for the first one's commit and then
+finds nothing to claim, on PostgreSQL (row lock) and on SQLite (database write lock).
+
+`ingest_batch` does the same for a job's batch in one transaction: it parses the messages
+before it claims them (outside the write lock), claims them with one UPDATE, reads once what
+they all need (prefixes, processed Message-IDs, loop-breaker counts), then ingests them
+together in one savepoint whose rows are written together at its end (new cases, their events
+and attachments in a few multi-row statements). When any message fails, that pass is
+rolled back and the batch goes again with a savepoint per message, so a failure undoes only
+its own message: it is quarantined with the reason, or left "received" to be tried again.
 """
 
 from __future__ import annotations
 
+import logging
+import re
 from collections import Counter
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import timedelta
 from typing import Any, cast
 
-from sqlalchemy import CursorResult, func, select, update
-from sqlalchemy.orm import joinedload
+from sqlalchemy import CursorResult, func, insert, select, update
+from sqlalchemy.exc import OperationalError
+from sqlalchemy.orm import SessionTransaction, defer, joinedload
 from sqlalchemy.orm.exc import StaleDataError
 
 from webapp.casetypes.templating import render
 from webapp.extensions import db
 from webapp.mail import routing
 from webapp.mail.correlate import Correlation, Lookups, case_id_pattern, correlate, find_case_ids
-from webapp.mail.filters import FilterOutcome, Limits, loop_breaker, screen
+from webapp.mail.filters import FilterOutcome, Limits, Screened, loop_breaker, screen
 from webapp.mail.parse import ParsedMessage
 from webapp.models import (
+    Approval,
     Case,
     CaseAttachment,
     CaseEvent,
@@ -41,6 +54,7 @@ from webapp.models import (
     ServiceEmailRule,
 )
 from webapp.models.types import utcnow
+from webapp.services import approvals as approval_service
 from webapp.services import cases as case_service
 from webapp.services import channels as channel_service
 from webapp.services.outbox import queue_message
@@ -60,14 +74,30 @@ REPLY_CLOSED = "reply_closed"
 IGNORE = "ignore"
 QUARANTINE = "quarantine"
 DUPLICATE = "duplicate"
+DECIDE = "decide"  # a reply to an approval request
 
 
 # Outcomes not yet added to their listener's counters: (listener id, status) -> messages.
 Tally = Counter[tuple[int, str]]
 
+log = logging.getLogger(__name__)
+
+# What every message of a listener needs, loaded with it: its rule, the rule's case type with
+# its published versions, and its channel (built once: a message would pay for building it).
+_LISTENER_LOADS = (
+    joinedload(EmailListener.rule)
+    .joinedload(ServiceEmailRule.case_type)
+    .joinedload(CaseType.versions),
+    joinedload(EmailListener.channel),
+)
+
 
 class IngestError(ValueError):
     """A message cannot be replayed or ingested as asked; the message says why."""
+
+
+class Redo(Exception):
+    """A batch's optimistic pass met a message that needs a savepoint of its own."""
 
 
 @dataclass(frozen=True)
@@ -94,6 +124,7 @@ class Plan:
     notes: list[str] = field(default_factory=list)
     routing: list[str] = field(default_factory=list)  # what the listener's channel matched
     rule: ServiceEmailRule | None = None  # the rule followed (from the listener or its channel)
+    approval: Approval | None = None  # the approval request a DECIDE reply answers
 
     @property
     def status(self) -> str:
@@ -135,16 +166,21 @@ class Plan:
 
 
 def plan(
-    raw: bytes,
+    raw: bytes | Screened,
     rule: ServiceEmailRule | None,
     *,
     limits: Limits | None = None,
     account_id: int | None = None,
     inbound_id: int | None = None,
     channel: EmailChannel | None = None,
+    batch: Batch | None = None,
 ) -> Plan:
-    """What ingesting `raw` with `rule` (or routed by `channel`) does; writes nothing."""
-    screened = screen(raw, limits)
+    """What ingesting `raw` with `rule` (or routed by `channel`) does; writes nothing.
+
+    `raw` may be screened already (a batch parses its messages before it takes the write
+    lock); `batch` answers the lookups its messages share from what it read once.
+    """
+    screened = raw if isinstance(raw, Screened) else screen(raw, limits)
     outcome: FilterOutcome = screened.outcome
     message = screened.message
     result = Plan(action=OPEN, message=message, filters=list(outcome.fired))
@@ -162,19 +198,28 @@ def plan(
         result.reason = f"A bounce, no case and no answer: {_reasons(outcome)}"
         return result
     # Only a stored message can be a copy of another (the rule tester's upload is not stored).
-    duplicate = _earlier_copy(message, account_id, inbound_id) if inbound_id else None
+    duplicate = _earlier_copy(message, account_id, inbound_id, batch) if inbound_id else None
     if duplicate is not None:
         result.action = DUPLICATE
         result.reason = (
-            f"A copy of message #{duplicate.id} (same Message-ID), which was already processed."
+            f"A copy of message #{duplicate} (same Message-ID), which was already processed."
         )
+        return result
+    found = _correlate(message, batch)
+    if found.method == "reply_token":
+        # A reply to an approval request is a decision attempt, never a new case, whatever
+        # the listener's rule or channel does with other mail.
+        result.action = DECIDE
+        result.case = found.case
+        result.correlation = found.description
+        result.approval = approval_service.find_by_token(found.key or "")
+        result.reason = approval_service.describe_reply(result.approval)
         return result
     if channel is not None:
         rule = _route(result, channel, message)
         if result.action != OPEN:
             return result
     result.rule = rule
-    found = _correlate(message)
     result.correlation = found.description
     if rule is None:
         result.action = QUARANTINE
@@ -210,7 +255,7 @@ def plan(
         return result
     breaker = loop_breaker(
         result.sender or None,
-        _cases_opened_by(result.sender),
+        _cases_opened_by(result.sender, batch),
         limit=LOOP_LIMIT,
         window_minutes=LOOP_WINDOW_MINUTES,
     )
@@ -221,7 +266,9 @@ def plan(
     return result
 
 
-def ingest_message(inbound_id: int, tally: Tally | None = None) -> InboundMessage | None:
+def ingest_message(
+    inbound_id: int, tally: Tally | None = None, *, batch: Batch | None = None
+) -> InboundMessage | None:
     """Ingest one stored message (flushes; the caller commits); None when not ours to do.
 
     Raises IngestError, after rolling back, when its case changed at the same moment.
@@ -229,61 +276,289 @@ def ingest_message(inbound_id: int, tally: Tally | None = None) -> InboundMessag
     caller to write once per batch with `count_outcomes`.
 
     A message that is not in "received" (already processed, ignored or quarantined, or being
-    ingested by another worker right now) is left alone.
+    ingested by another worker right now) is left alone. Within `ingest_batch` the message
+    was claimed with its batch and runs in a savepoint: rolling back undoes only its writes.
     """
-    claimed = _claim(inbound_id)
-    if not claimed:
+    inbound = batch.claimed.get(inbound_id) if batch is not None else _claim_one(inbound_id)
+    if inbound is None:
         return None
-    inbound = db.session.get(InboundMessage, inbound_id, populate_existing=True)
-    assert inbound is not None  # claimed just now, in this transaction
     # The rule, its case type's published versions and the channel come in the same round
     # trip: every message needs them, and lazy loading would cost a query each.
     listener = (
-        db.session.get(
-            EmailListener,
-            inbound.listener_id,
-            options=[
-                joinedload(EmailListener.rule)
-                .joinedload(ServiceEmailRule.case_type)
-                .joinedload(CaseType.versions),
-                joinedload(EmailListener.channel),
-            ],
-        )
+        db.session.get(EmailListener, inbound.listener_id, options=_LISTENER_LOADS)
         if inbound.listener_id
         else None
     )
     limits = Limits(max_size=listener.max_message_bytes) if listener else None
     result = plan(
-        inbound.raw,
+        batch.take_screened(inbound) if batch is not None else inbound.raw,
         listener.rule if listener else None,
         limits=limits,
         account_id=inbound.account_id,
         inbound_id=inbound.id,
         channel=listener.channel if listener else None,
+        batch=batch,
     )
     rule = result.rule
     try:
+        if result.action == DECIDE and result.approval and result.message:
+            result.reason = approval_service.apply_reply(inbound, result.message, result.approval)
         if rule is not None and result.action in (OPEN, JOIN, REOPEN, REPLY_CLOSED):
             account = (
                 db.session.get(EmailAccount, inbound.account_id) if inbound.account_id else None
             )
-            _carry_out(result, rule, account)
-        _record(inbound, result)
+            _carry_out(result, rule, account, batch)
+        _record(inbound, result, batch)
         if listener is not None:
             _count(listener.id, result.status, tally)
             _tell_sender(listener, result)
-        db.session.flush()
+        if batch is None or not batch.optimistic:
+            db.session.flush()
     except (case_service.AlreadyProcessed, StaleDataError):
         # Someone changed the case at the same moment: nothing of this attempt is kept and
         # the message stays as it was, to be ingested again.
-        db.session.rollback()
+        _roll_back(batch)
         raise IngestError(
             f"The case of message #{inbound_id} was changed at the same time; try again."
         ) from None
     except case_service.CaseError as exc:
-        db.session.rollback()
-        return _quarantine_after_rollback(inbound_id, str(exc), result, tally)
+        _roll_back(batch)
+        return _quarantine_after_rollback(
+            inbound_id, str(exc), result, tally, claimed=batch is not None
+        )
+    if batch is not None:
+        batch.remember(inbound, result)
     return inbound
+
+
+@dataclass
+class Batch:
+    """The claimed messages of one batch and what they share, read once for the batch.
+
+    `plan` looks here instead of querying for each message: the case id prefixes, the
+    Message-IDs processed already (the duplicate check) and how many cases each sender opened
+    in the loop breaker's window. Each message that succeeds is added, so that the later
+    messages of the batch see it as they would see it in the database.
+    """
+
+    claimed: dict[int, InboundMessage] = field(default_factory=dict)
+    screened: dict[int, Screened] = field(default_factory=dict)
+    subject_pattern: re.Pattern[str] | None = None
+    processed: dict[tuple[int | None, str], int] = field(default_factory=dict)
+    opened: Counter[str] = field(default_factory=Counter)
+    # Cases of the batch by the Message-IDs of its messages, for replies within the batch.
+    threads: dict[str, Case] = field(default_factory=dict)
+    # In the optimistic pass messages share one savepoint and are flushed together; the
+    # messages that opened a case get its id once all are written.
+    optimistic: bool = False
+    links: list[tuple[InboundMessage, Case]] = field(default_factory=list)
+    # Rows of new cases (email events, attachments) inserted together once the cases have ids.
+    rows: list[tuple[type[CaseEvent] | type[CaseAttachment], Case, dict[str, Any]]] = field(
+        default_factory=list
+    )
+
+    def take_screened(self, inbound: InboundMessage) -> Screened | bytes:
+        """The message as screened before the claim (its raw bytes if it was not)."""
+        screened = self.screened.get(inbound.id)
+        return screened if screened is not None else inbound.raw
+
+    def remember(self, inbound: InboundMessage, result: Plan) -> None:
+        """Count what a message did, for the messages after it in the batch."""
+        if result.status == InboundStatus.PROCESSED.value and inbound.message_id:
+            self.processed.setdefault((inbound.account_id, inbound.message_id), inbound.id)
+        if result.action == OPEN and result.sender:
+            self.opened[result.sender] += 1
+        if result.case is not None and inbound.message_id:
+            self.threads[inbound.message_id] = result.case
+
+
+def ingest_batch(inbound_ids: Sequence[int]) -> list[int]:
+    """Ingest stored messages in the caller's one transaction (flushes; the caller commits).
+
+    Returns the ids to try again in a new transaction: their case changed at the same moment.
+    Raises OperationalError when the database fails; the caller rolls back and nothing is kept.
+
+    Parsing and filtering, the costly pure part, run before the claim, so that another worker
+    parses while this one holds the write lock (SQLite) or the case counter's row (PostgreSQL).
+    One conditional UPDATE claims the whole batch; the messages are then ingested together in
+    one savepoint. A message that fails there is taken out and ingested in a savepoint of its
+    own, so that it undoes only its own writes and is quarantined with the reason (or, when its
+    case changed meanwhile, left waiting to be retried). Listener counters are written once.
+    """
+    ids = list(dict.fromkeys(inbound_ids))
+    waiting = db.session.execute(
+        select(InboundMessage.id, InboundMessage.raw, InboundMessage.listener_id).where(
+            InboundMessage.id.in_(ids), InboundMessage.status == InboundStatus.RECEIVED.value
+        )
+    ).all()
+    if not waiting:
+        return []
+    listeners = _listeners({row.listener_id for row in waiting if row.listener_id is not None})
+    batch = Batch()
+    for row in waiting:
+        listener = listeners.get(row.listener_id) if row.listener_id is not None else None
+        limits = Limits(max_size=listener.max_message_bytes) if listener else None
+        batch.screened[row.id] = screen(row.raw, limits)
+    del waiting
+
+    claimed = db.session.scalars(
+        update(InboundMessage)
+        .where(InboundMessage.id.in_(ids), InboundMessage.status == InboundStatus.RECEIVED.value)
+        .values(attempts=InboundMessage.attempts + 1)
+        .returning(InboundMessage.id)
+        .execution_options(synchronize_session=False)
+    ).all()
+    if not claimed:
+        return []
+    batch.claimed = {
+        inbound.id: inbound
+        for inbound in db.session.scalars(
+            select(InboundMessage)
+            .where(InboundMessage.id.in_(claimed))
+            .options(defer(InboundMessage.raw))
+            .execution_options(populate_existing=True)
+        )
+    }
+    _read_shared(batch)
+    tally = Tally()
+    retry: list[int] = []
+    pending = sorted(batch.claimed)
+    while pending:
+        at = _ingest_together(batch, pending, tally)
+        if at is None:
+            break
+        if at == len(pending):
+            # Writing them all failed, with no one message to blame: one at a time.
+            retry += _ingest_one_by_one(batch, pending, tally)
+            break
+        # The messages before the one that failed went through: they go again together (one
+        # at a time should even that fail), the failed one in a savepoint of its own, and the
+        # rest together again.
+        before, failed = pending[:at], pending[at]
+        if before and _ingest_together(batch, before, tally) is not None:
+            retry += _ingest_one_by_one(batch, before, tally)
+        retry += _ingest_one_by_one(batch, [failed], tally)
+        pending = pending[at + 1 :]
+    count_outcomes(tally)
+    return retry
+
+
+def _ingest_together(batch: Batch, ids: list[int], tally: Tally) -> int | None:
+    """Ingest `ids` in one savepoint; None, or (keeping nothing) the position of the message
+    that failed, len(ids) when the failure came while writing them all.
+
+    The common case, where every message goes through, writes the rows together at the end
+    (and before a query that must see them, such as a reply's correlation) instead of a
+    savepoint and two flushes per message.
+    """
+    processed, opened, threads = dict(batch.processed), Counter(batch.opened), dict(batch.threads)
+    together = Tally()
+    savepoint = db.session.begin_nested()
+    batch.optimistic = True
+    at = 0
+    try:
+        for at, inbound_id in enumerate(ids):  # noqa: B007 - `at` is reported on failure
+            ingest_message(inbound_id, together, batch=batch)
+        at = len(ids)
+        db.session.flush()
+        for inbound, case in batch.links:
+            inbound.case_id = case.id
+        for model in (CaseEvent, CaseAttachment):
+            rows = [{**values, "case_id": case.id} for m, case, values in batch.rows if m is model]
+            if rows:
+                db.session.execute(insert(model), rows)
+        db.session.flush()
+    except OperationalError:
+        raise
+    except Exception:
+        # Redo, a changed case, or anything unexpected: the savepoint takes every write of
+        # the pass back (the claim stays).
+        _undo(savepoint)
+        batch.processed, batch.opened, batch.threads = processed, opened, threads
+        return at
+    finally:
+        batch.optimistic = False
+        batch.links.clear()
+        batch.rows.clear()
+    savepoint.commit()
+    tally.update(together)
+    return None
+
+
+def _ingest_one_by_one(batch: Batch, ids: list[int], tally: Tally) -> list[int]:
+    """Ingest each message in a savepoint of its own; the ids to retry."""
+    retry: list[int] = []
+    for inbound_id in ids:
+        listener_id = batch.claimed[inbound_id].listener_id
+        savepoint = db.session.begin_nested()
+        try:
+            ingest_message(inbound_id, tally, batch=batch)
+            if savepoint.is_active:
+                savepoint.commit()
+        except IngestError as exc:
+            _undo(savepoint)
+            log.warning("inbound message %s: %s", inbound_id, exc)
+            retry.append(inbound_id)
+        except OperationalError:
+            raise
+        except Exception as exc:
+            _undo(savepoint)
+            log.exception("ingest of inbound message %s failed; quarantined", inbound_id)
+            quarantine_failed(inbound_id, exc)
+            if listener_id is not None:
+                tally[(listener_id, InboundStatus.QUARANTINED.value)] += 1
+    return retry
+
+
+def _undo(savepoint: SessionTransaction) -> None:
+    """Roll `savepoint` back unless that happened already.
+
+    A failed flush leaves the savepoint inactive but still current: it must be rolled back
+    before the session can go on, while one rolled back by `_roll_back` is closed.
+    """
+    if db.session().get_nested_transaction() is savepoint:
+        savepoint.rollback()
+
+
+def _listeners(ids: set[int]) -> dict[int, EmailListener]:
+    """Listeners with their rule, its case type's versions and their channel, in one query."""
+    if not ids:
+        return {}
+    stmt = select(EmailListener).where(EmailListener.id.in_(ids)).options(*_LISTENER_LOADS)
+    return {listener.id: listener for listener in db.session.scalars(stmt).unique()}
+
+
+def _read_shared(batch: Batch) -> None:
+    """Read what the duplicate check, correlation and the loop breaker need for the batch."""
+    batch.subject_pattern = _subject_pattern()
+    messages = [s.message for s in batch.screened.values() if s.message is not None]
+    message_ids = sorted({m.message_id for m in messages if m.message_id})
+    if message_ids:
+        first = func.min(InboundMessage.id)
+        processed = db.session.execute(
+            select(InboundMessage.account_id, InboundMessage.message_id, first)
+            .where(
+                InboundMessage.message_id.in_(message_ids),
+                InboundMessage.status == InboundStatus.PROCESSED.value,
+            )
+            .group_by(InboundMessage.account_id, InboundMessage.message_id)
+        )
+        batch.processed = {(account, mid): first for account, mid, first in processed if mid}
+    senders = sorted({m.from_addresses[0][1].lower() for m in messages if m.from_addresses})
+    if senders:
+        cutoff = utcnow() - timedelta(minutes=LOOP_WINDOW_MINUTES)
+        opened = db.session.execute(
+            select(Case.requester, func.count(Case.id))
+            .join(CaseEvent, CaseEvent.case_id == Case.id)
+            .where(
+                Case.requester.in_(senders),
+                Case.created_at >= cutoff,
+                CaseEvent.kind == "created",
+                CaseEvent.channel == "email",
+            )
+            .group_by(Case.requester)
+        )
+        batch.opened.update({requester: number for requester, number in opened})
 
 
 def replay(inbound_id: int) -> InboundMessage:
@@ -403,7 +678,9 @@ def _route(result: Plan, channel: EmailChannel, message: ParsedMessage) -> Servi
 # Carrying out a plan ------------------------------------------------------------------------
 
 
-def _carry_out(result: Plan, rule: ServiceEmailRule, account: EmailAccount | None) -> None:
+def _carry_out(
+    result: Plan, rule: ServiceEmailRule, account: EmailAccount | None, batch: Batch | None = None
+) -> None:
     message = result.message
     assert message is not None  # only plans of parsed messages get here
     if result.action == OPEN:
@@ -421,10 +698,14 @@ def _carry_out(result: Plan, rule: ServiceEmailRule, account: EmailAccount | Non
             channel="email",
             require_fields=False,
             email_account=account,
+            flush=False,
         )
-        # A case opened just now was last updated just now: no second write to its row.
-        _email_event(result.case, result.sender, message, touch=False)
-        _store_attachments(result.case, result.attachments, message)
+        # A case opened just now was last updated just now: no second write to its row. Its
+        # first rows are written with the batch's (their order among themselves is kept),
+        # unless a stage action follows, whose entry must come after the email's.
+        later = batch if batch is not None and batch.optimistic and not rule.stage_action else None
+        _email_event(result.case, result.sender, message, touch=False, later=later)
+        _store_attachments(result.case, result.attachments, message, later=later)
         if rule.send_ack and rule.ack_subject:
             _queue_mail(
                 result.case,
@@ -435,6 +716,8 @@ def _carry_out(result: Plan, rule: ServiceEmailRule, account: EmailAccount | Non
                 message,
             )
             result.notes.append(f"An acknowledgement to {result.sender} was queued.")
+        if rule.stage_action:
+            _run_stage_action(result, rule, result.case)
         return
     case = result.case
     assert case is not None  # the other actions all have a case
@@ -454,48 +737,67 @@ def _carry_out(result: Plan, rule: ServiceEmailRule, account: EmailAccount | Non
     _email_event(case, result.sender, message)
     _store_attachments(case, result.attachments, message)
     if rule.stage_action and case.status == "open":
-        try:
-            case_service.apply_action(case, rule.stage_action, user=None, channel="email")
-        except case_service.AlreadyProcessed:
-            raise
-        except case_service.CaseError as exc:
-            # The message is on the timeline already; the action is for a person to take.
-            result.notes.append(f"The stage action {rule.stage_action} was not run: {exc}")
-        else:
-            result.notes.append(f"Ran the stage action {rule.stage_action}.")
+        _run_stage_action(result, rule, case)
 
 
-def _email_event(case: Case, sender: str, message: ParsedMessage, *, touch: bool = True) -> None:
+def _run_stage_action(result: Plan, rule: ServiceEmailRule, case: Case) -> None:
+    try:
+        case_service.apply_action(case, rule.stage_action, user=None, channel="email")
+    except case_service.AlreadyProcessed:
+        raise
+    except case_service.CaseError as exc:
+        # The message is on the timeline already; the action is for a person to take.
+        result.notes.append(f"The stage action {rule.stage_action} was not run: {exc}")
+    else:
+        result.notes.append(f"Ran the stage action {rule.stage_action}.")
+
+
+def _email_event(
+    case: Case,
+    sender: str,
+    message: ParsedMessage,
+    *,
+    touch: bool = True,
+    later: Batch | None = None,
+) -> None:
     text = message.text.strip()
     body = f"Subject: {message.subject or NO_SUBJECT}\n\n{text}"
-    db.session.add(
-        CaseEvent(
-            case=case,
-            kind="email",
-            actor=sender[:320],
-            channel="email",
-            action="Email in",
-            comment=body[:MAX_EVENT_TEXT],
-            created_at=utcnow(),
-        )
-    )
+    values = {
+        "kind": "email",
+        "actor": sender[:320],
+        "channel": "email",
+        "action": "Email in",
+        "comment": body[:MAX_EVENT_TEXT],
+        "created_at": utcnow(),
+    }
+    if later is not None:
+        later.rows.append((CaseEvent, case, values))
+    else:
+        db.session.add(CaseEvent(case=case, **values))
     if touch:
         case.updated_at = utcnow()
 
 
-def _store_attachments(case: Case, planned: list[AttachmentPlan], message: ParsedMessage) -> None:
+def _store_attachments(
+    case: Case,
+    planned: list[AttachmentPlan],
+    message: ParsedMessage,
+    *,
+    later: Batch | None = None,
+) -> None:
     for item, attachment in zip(planned, message.attachments, strict=True):
         if not item.kept:
             continue
-        db.session.add(
-            CaseAttachment(
-                case=case,
-                filename=item.filename,
-                content_type=item.content_type,
-                size=item.size,
-                data=attachment.content,
-            )
-        )
+        values = {
+            "filename": item.filename,
+            "content_type": item.content_type,
+            "size": item.size,
+            "data": attachment.content,
+        }
+        if later is not None:
+            later.rows.append((CaseAttachment, case, values))
+        else:
+            db.session.add(CaseAttachment(case=case, **values))
 
 
 def _queue_mail(
@@ -514,7 +816,14 @@ def _queue_mail(
     )
 
 
-def _record(inbound: InboundMessage, result: Plan) -> None:
+def _record(inbound: InboundMessage, result: Plan, batch: Batch | None = None) -> None:
+    if result.case is not None and result.case.id is None:
+        # A case opened just now has no id before it is written; a batch links its cases
+        # after writing them all at once.
+        if batch is not None and batch.optimistic:
+            batch.links.append((inbound, result.case))
+        else:
+            db.session.flush()
     inbound.status = result.status
     inbound.status_reason = result.summary
     inbound.case_id = result.case.id if result.case else None
@@ -524,9 +833,9 @@ def _record(inbound: InboundMessage, result: Plan) -> None:
 
 
 def _quarantine_after_rollback(
-    inbound_id: int, reason: str, result: Plan, tally: Tally | None
+    inbound_id: int, reason: str, result: Plan, tally: Tally | None, *, claimed: bool = False
 ) -> InboundMessage:
-    claimed = _claim(inbound_id)
+    claimed = claimed or _claim(inbound_id)  # a batch's claim outlives the message's savepoint
     inbound = db.session.get(InboundMessage, inbound_id, populate_existing=True)
     assert inbound is not None and claimed
     result.action = QUARANTINE
@@ -565,6 +874,27 @@ def _tell_sender(listener: EmailListener, result: Plan) -> None:
         in_reply_to=answered,
         references=[*message.references, answered] if message and answered else (),
     )
+
+
+def _claim_one(inbound_id: int) -> InboundMessage | None:
+    """Claim one message and load it, or None when it is not waiting."""
+    if not _claim(inbound_id):
+        return None
+    return db.session.get(InboundMessage, inbound_id, populate_existing=True)
+
+
+def _roll_back(batch: Batch | None = None) -> None:
+    """Undo the writes of the message at hand: its savepoint in a batch, else the transaction.
+
+    Raises Redo in a batch's optimistic pass, which has no savepoint per message.
+    """
+    if batch is not None and batch.optimistic:
+        raise Redo
+    savepoint = db.session().get_nested_transaction()
+    if savepoint is not None:
+        savepoint.rollback()
+    else:
+        db.session.rollback()
 
 
 def _claim(inbound_id: int) -> bool:
@@ -642,23 +972,32 @@ def _attachments(message: ParsedMessage, rule: ServiceEmailRule) -> list[Attachm
     return planned
 
 
-def _lookups() -> Lookups[Case]:
+def _lookups(batch: Batch | None = None) -> Lookups[Case]:
     return Lookups(
-        # Our outgoing mail carries no reply tokens yet, so none can match.
-        by_reply_token=lambda token: None,
-        by_message_ids=_cases_by_message_ids,
+        by_reply_token=approval_service.case_for_token,
+        by_message_ids=lambda message_ids: _cases_by_message_ids(message_ids, batch),
         by_case_id=case_service.find_case,
     )
 
 
-def _correlate(message: ParsedMessage) -> Correlation[Case]:
-    prefixes = db.session.scalars(select(CaseType.prefix))
-    return correlate(message, _lookups(), subject_pattern=case_id_pattern(list(prefixes)))
+def _correlate(message: ParsedMessage, batch: Batch | None = None) -> Correlation[Case]:
+    pattern = batch.subject_pattern if batch is not None else None
+    if pattern is None:
+        pattern = _subject_pattern()
+    return correlate(message, _lookups(batch), subject_pattern=pattern)
 
 
-def _cases_by_message_ids(message_ids: Any) -> dict[str, Case]:
+def _subject_pattern() -> re.Pattern[str]:
+    return case_id_pattern(list(db.session.scalars(select(CaseType.prefix))))
+
+
+def _cases_by_message_ids(message_ids: Any, batch: Batch | None = None) -> dict[str, Case]:
     """Cases by the Message-IDs of messages they received or sent."""
     wanted = list(message_ids)
+    # A reply to a message of the same batch: that message may not be linked to its case yet.
+    in_batch = {m: batch.threads[m] for m in wanted if m in batch.threads} if batch else {}
+    if len(in_batch) == len(wanted):
+        return in_batch
     received = db.session.execute(
         select(InboundMessage.message_id, Case)
         .join(Case, Case.id == InboundMessage.case_id)
@@ -669,7 +1008,8 @@ def _cases_by_message_ids(message_ids: Any) -> dict[str, Case]:
         .join(Case, Case.id == OutboundMessage.case_id)
         .where(OutboundMessage.message_id.in_(wanted))
     )
-    return {message_id: case for message_id, case in [*received, *sent] if message_id}
+    found = {message_id: case for message_id, case in [*received, *sent] if message_id}
+    return found | in_batch
 
 
 def _bounced_case(message: ParsedMessage, original: str | None) -> tuple[Case | None, str]:
@@ -686,11 +1026,14 @@ def _bounced_case(message: ParsedMessage, original: str | None) -> tuple[Case | 
 
 
 def _earlier_copy(
-    message: ParsedMessage, account_id: int | None, inbound_id: int
-) -> InboundMessage | None:
+    message: ParsedMessage, account_id: int | None, inbound_id: int, batch: Batch | None = None
+) -> int | None:
+    """The id of a processed message of the same account with the same Message-ID."""
     if not message.message_id:
         return None
-    stmt = select(InboundMessage).where(
+    if batch is not None:
+        return batch.processed.get((account_id, message.message_id))
+    stmt = select(InboundMessage.id).where(
         InboundMessage.message_id == message.message_id,
         InboundMessage.status == InboundStatus.PROCESSED.value,
         InboundMessage.account_id.is_(None)
@@ -700,9 +1043,11 @@ def _earlier_copy(
     return db.session.scalars(stmt.where(InboundMessage.id != inbound_id).limit(1)).first()
 
 
-def _cases_opened_by(sender: str) -> int:
+def _cases_opened_by(sender: str, batch: Batch | None = None) -> int:
     if not sender:
         return 0
+    if batch is not None:
+        return batch.opened[sender]
     cutoff = utcnow() - timedelta(minutes=LOOP_WINDOW_MINUTES)
     return (
         db.session.scalar(

@@ -1,0 +1,222 @@
+"""One ingest job, one batch, one transaction: what a failure or a race does to the others."""
+
+from __future__ import annotations
+
+import pytest
+from sqlalchemy import func, select
+
+from tests.fixtures.app import both_databases
+from tests.support.inbound import load, make_route, message, store
+from webapp.extensions import db
+from webapp.models import Case, CaseAttachment, CaseEvent, EmailListener
+from webapp.services import cases as case_service
+from webapp.services import ingest as ingest_service
+from workers.inbound import ingest_messages
+
+PDF = (
+    "MIME-Version: 1.0\r\nContent-Type: multipart/mixed; boundary=b1\r\n\r\n--b1\r\n"
+    "Content-Type: text/plain\r\n\r\nAmount: 12\r\n--b1\r\n"
+    "Content-Type: application/pdf\r\nContent-Disposition: attachment; filename=r.pdf\r\n"
+    "Content-Transfer-Encoding: base64\r\n\r\nJVBERi0xLjQK\r\n--b1--\r\n"
+)
+
+
+@pytest.fixture
+def route(app, make_account, make_case_type):
+    """Factory: route(**rule) -> listener id of a listener whose rule opens expense cases."""
+    account_id = make_account()
+    type_id = make_case_type()
+    return lambda **rule: make_route(app, account_id, type_id, **rule)
+
+
+def ingest_batch(app, ids: list[int]) -> None:
+    with app.app_context():
+        ingest_messages(ids)
+
+
+def count(app, model, *where) -> int:
+    with app.app_context():
+        return db.session.scalar(select(func.count()).select_from(model).where(*where))
+
+
+def counters(app, listener_id: int) -> tuple[int, int]:
+    with app.app_context():
+        listener = db.session.get(EmailListener, listener_id)
+        return listener.processed_count, listener.quarantined_count
+
+
+def emails_in(app) -> int:
+    return count(app, CaseEvent, CaseEvent.action == "Email in")
+
+
+@both_databases
+def test_a_batch_opens_cases_joins_replies_within_it_and_ignores_a_copy(app, route):
+    listener_id = route()
+    raws = [
+        message(subject="Taxi", message_id="<t1@example.com>"),
+        message(subject="Hotel", sender="bob@example.com", message_id="<h1@example.com>"),
+        # A reply to the first message of the same batch joins its case.
+        message(
+            subject="Re: Taxi",
+            message_id="<t2@example.com>",
+            headers="In-Reply-To: <t1@example.com>\r\n",
+        ),
+        # The same message again (delivered twice under another identity): a copy.
+        message(subject="Hotel", sender="bob@example.com", message_id="<h1@example.com>"),
+        # Attachments of a new case are written with the batch.
+        (
+            "From: Carol <carol@example.com>\r\nSubject: Receipt\r\n"
+            "Message-ID: <r1@example.com>\r\n" + PDF
+        ).encode(),
+    ]
+    ids = [store(app, raw, listener_id) for raw in raws]
+
+    ingest_batch(app, ids)
+
+    taxi, hotel, reply, copy, receipt = (load(app, i) for i in ids)
+    assert [m.status for m in (taxi, hotel, reply, copy, receipt)] == [
+        "processed",
+        "processed",
+        "processed",
+        "ignored",
+        "processed",
+    ]
+    assert reply.case_id == taxi.case_id
+    assert reply.correlation.startswith("matched by In-Reply-To")
+    assert copy.status_reason == (
+        f"A copy of message #{hotel.id} (same Message-ID), which was already processed."
+    )
+    assert count(app, Case) == 3
+    assert emails_in(app) == 4
+    with app.app_context():
+        case = db.session.get(Case, receipt.case_id)
+        assert [(a.filename, a.size, a.data) for a in case.attachments] == [
+            ("r.pdf", 9, b"%PDF-1.4\n")
+        ]
+        assert [e.action for e in case.events] == ["Created", "Email in"]
+        assert db.session.get(Case, taxi.case_id).reference == "EXP-1001"
+    assert counters(app, listener_id) == (5, 0)
+
+
+@both_databases
+def test_a_message_that_cannot_open_its_case_is_quarantined_and_the_batch_goes_on(app, route):
+    listener_id = route()
+    ids = [
+        store(app, message(subject="One", message_id="<1@example.com>"), listener_id),
+        # A local system account: not an address a case could write back to.
+        store(
+            app,
+            message(subject="Two", sender="root@localhost", message_id="<2@example.com>"),
+            listener_id,
+        ),
+        store(app, message(subject="Three", message_id="<3@example.com>"), listener_id),
+    ]
+
+    ingest_batch(app, ids)
+
+    one, two, three = (load(app, i) for i in ids)
+    assert (one.status, three.status) == ("processed", "processed")
+    assert two.status == "quarantined"
+    assert two.status_reason == (
+        "Some fields need a change: Enter the requester's email address, such as name@example.com."
+    )
+    assert two.case_id is None and two.attempts == 1
+    assert count(app, Case) == 2 and emails_in(app) == 2
+    with app.app_context():
+        assert db.session.get(Case, three.case_id).reference == "EXP-1002"
+    assert counters(app, listener_id) == (2, 1)
+
+
+@both_databases
+def test_an_unexpected_failure_quarantines_that_message_only(app, route, monkeypatch):
+    listener_id = route()
+    ids = [
+        store(app, message(subject=subject, message_id=f"<{n}@example.com>"), listener_id)
+        for n, subject in enumerate(["Fine", "Explodes", "Also fine"])
+    ]
+    real = ingest_service._email_event
+
+    def explode_on_one(case, sender, parsed, **kwargs):
+        if parsed.subject == "Explodes":
+            raise RuntimeError("disk on fire")
+        real(case, sender, parsed, **kwargs)
+
+    monkeypatch.setattr(ingest_service, "_email_event", explode_on_one)
+
+    ingest_batch(app, ids)
+
+    fine, broken, also = (load(app, i) for i in ids)
+    assert (fine.status, also.status) == ("processed", "processed")
+    assert broken.status == "quarantined"
+    assert broken.status_reason.startswith("Ingesting failed unexpectedly (RuntimeError)")
+    assert broken.case_id is None
+    # Nothing of the failed message stayed: no half-opened case, no counter number used.
+    assert count(app, Case) == 2 and emails_in(app) == 2
+    with app.app_context():
+        assert db.session.get(Case, also.case_id).reference == "EXP-1002"
+    assert counters(app, listener_id) == (2, 1)
+
+
+@both_databases
+def test_a_message_whose_case_changed_meanwhile_is_retried_in_the_same_job(app, route, monkeypatch):
+    listener_id = route(stage_action="submit")
+    opened = store(app, message(subject="Taxi", message_id="<t1@example.com>"), listener_id)
+    ingest_batch(app, [opened])
+    reply = message(
+        subject="Re: [EXP-1001]",
+        message_id="<t2@example.com>",
+        body="Amount: 12\nCategory: Meals\n",
+    )
+    ids = [
+        store(app, reply, listener_id),
+        store(app, message(subject="Hotel", message_id="<h1@example.com>"), listener_id),
+    ]
+    real = case_service.apply_action
+    calls: list[str] = []
+
+    def changed_first_time(case, action, **kwargs):
+        # The new case "Hotel" opens runs the stage action too; only the reply's case changes.
+        if case.reference == "EXP-1001":
+            calls.append(action)
+            if len(calls) <= 2:  # the batch's pass and the message's own savepoint
+                raise case_service.AlreadyProcessed(f"{case.reference} was already processed.")
+        return real(case, action, **kwargs)
+
+    monkeypatch.setattr(case_service, "apply_action", changed_first_time)
+
+    ingest_batch(app, ids)
+
+    joined, other = (load(app, i) for i in ids)
+    assert (joined.status, other.status) == ("processed", "processed")
+    # Tried again in a new transaction of the same job, after the rest of the batch committed.
+    assert joined.attempts == 2 and other.attempts == 1
+    assert len(calls) == 3
+    with app.app_context():
+        case = case_service.find_case("EXP-1001")
+        actions = [e.action for e in case.events]
+    # One "Email in" for the reply, although it was tried twice.
+    assert actions.count("Email in") == 2
+    assert count(app, Case) == 2
+    assert counters(app, listener_id) == (3, 0)
+
+
+def test_a_case_that_keeps_changing_leaves_the_message_for_the_reconciler(app, route, monkeypatch):
+    listener_id = route(stage_action="submit")
+    ingest_batch(app, [store(app, message(message_id="<t1@example.com>"), listener_id)])
+    reply_id = store(
+        app, message(subject="Re: [EXP-1001]", message_id="<t2@example.com>"), listener_id
+    )
+
+    def always_changed(case, action, **kwargs):
+        raise case_service.AlreadyProcessed(f"{case.reference} was already processed.")
+
+    monkeypatch.setattr(case_service, "apply_action", always_changed)
+    monkeypatch.setattr("workers.inbound.time.sleep", lambda seconds: None)
+
+    ingest_batch(app, [reply_id])
+
+    reply = load(app, reply_id)
+    assert reply.status == "received"  # waiting, with nothing of the attempts kept
+    assert reply.attempts == 3
+    assert emails_in(app) == 1
+    assert count(app, CaseAttachment) == 0
