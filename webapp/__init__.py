@@ -44,6 +44,9 @@ def create_app(config: Mapping[str, Any] | None = None) -> Flask:
     init_redis(app)
 
     from webapp import models  # noqa: F401  (registers every table with the metadata)
+    from workers.outbound import install_send_after_commit
+
+    install_send_after_commit(app)
     from webapp.web import register_web
 
     register_web(app)

@@ -19,6 +19,7 @@ def register_web(app: Flask) -> None:
     from webapp.accounts import bp as accounts_bp
     from webapp.admin import bp as admin_bp
     from webapp.api import bp as api_bp
+    from webapp.approvals import bp as approvals_bp
     from webapp.auth import bp as auth_bp
     from webapp.cases import bp as cases_bp
     from webapp.channels import bp as channels_bp
@@ -26,6 +27,7 @@ def register_web(app: Flask) -> None:
     from webapp.inbox import bp as inbox_bp
     from webapp.listeners import bp as listeners_bp
     from webapp.main import bp as main_bp
+    from webapp.outbox import bp as outbox_bp
     from webapp.rules import bp as rules_bp
 
     login_manager.session_protection = "basic"
@@ -35,6 +37,7 @@ def register_web(app: Flask) -> None:
     app.register_blueprint(main_bp)
     app.register_blueprint(admin_bp)
     app.register_blueprint(api_bp)
+    app.register_blueprint(approvals_bp)  # no login: the signed link is the credential
     app.register_blueprint(cases_bp)
     app.register_blueprint(designer_bp)
     app.register_blueprint(accounts_bp)
@@ -42,6 +45,7 @@ def register_web(app: Flask) -> None:
     app.register_blueprint(rules_bp)
     app.register_blueprint(channels_bp)
     app.register_blueprint(inbox_bp)
+    app.register_blueprint(outbox_bp)
     csrf.exempt(api_bp)  # bearer tokens only; see security.api_token_required
 
     add_nav_item(app, "Dashboard", "main.index", ALL_ROLES, 0, "/$")
@@ -56,6 +60,9 @@ def register_web(app: Flask) -> None:
         app, "Channels", "channels.channels", (Role.ADMIN,), 55, "/admin/channels", "Admin"
     )
     add_nav_item(app, "Incoming mail", "inbox.messages", (Role.ADMIN,), 75, "/admin/inbox", "Admin")
+    add_nav_item(
+        app, "Outgoing mail", "outbox.messages", (Role.ADMIN,), 77, "/admin/outbox", "Admin"
+    )
     add_nav_item(app, "Users", "admin.users", (Role.ADMIN,), 80, "/admin/users", "Admin")
     add_nav_item(app, "Groups", "admin.groups", (Role.ADMIN,), 85, "/admin/groups", "Admin")
     add_nav_item(app, "System", "admin.system", (Role.ADMIN,), 90, "/admin/system", "Admin")

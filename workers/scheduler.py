@@ -11,8 +11,8 @@ from rq.cron import CronScheduler
 
 from webapp.extensions import get_redis
 from webapp.services.status import HEARTBEAT_SECONDS
-from workers import inbound, jobs, listeners
-from workers.queues import DEFAULT
+from workers import inbound, jobs, listeners, outbound
+from workers.queues import DEFAULT, OUTBOUND
 
 
 def build_scheduler(app: Flask) -> CronScheduler:
@@ -32,6 +32,13 @@ def build_scheduler(app: Flask) -> CronScheduler:
         interval=listeners.SCHEDULE_SECONDS,
         job_timeout=60,
         ttl=listeners.SCHEDULE_SECONDS * 2,
+    )
+    scheduler.register(
+        outbound.dispatch_outbox,
+        OUTBOUND,
+        interval=outbound.DISPATCH_SECONDS,
+        job_timeout=60,
+        ttl=outbound.DISPATCH_SECONDS * 2,
     )
     return scheduler
 

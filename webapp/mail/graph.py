@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import base64
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 from urllib.parse import quote
@@ -126,6 +128,44 @@ def send_mail(
     _raise_for(response, upn)
 
 
+class GraphSendError(GraphError):
+    """sendMail did not take a message; `status` is Graph's HTTP status (None: no answer)."""
+
+    def __init__(self, message: str, status: int | None = None) -> None:
+        super().__init__(message)
+        self.status = status
+
+
+def send_mime(
+    session: requests.Session,
+    graph_url: str,
+    upn: str,
+    token: str,
+    mime: bytes,
+    timeout: float = 30,
+) -> None:
+    """POST /users/{upn}/sendMail with the whole message as base64 MIME, which Graph sends as
+    it is (headers, signature and all). `session` comes from `oauth.http_session`, so that one
+    connection carries a batch. Raises GraphSendError."""
+    try:
+        response = session.post(
+            _url(graph_url, upn, "sendMail"),
+            data=base64.b64encode(mime),
+            headers={"Authorization": f"Bearer {token}", "Content-Type": "text/plain"},
+            timeout=timeout,
+        )
+    except HostRefused as exc:
+        raise GraphSendError(f"Microsoft Graph could not be reached: {exc}") from None
+    except requests.RequestException as exc:
+        raise GraphSendError(
+            f"Microsoft Graph could not be reached: {type(exc).__name__}."
+        ) from None
+    try:
+        _raise_for(response, upn)
+    except GraphError as exc:
+        raise GraphSendError(str(exc), response.status_code) from None
+
+
 # -- receiving ----------------------------------------------------------------------------------
 
 # Ids that stay the same when a message is moved: the only ones fit to remember it by.
@@ -144,6 +184,40 @@ class DeltaPage:
     delta_link: str | None
 
 
+# Folders deeper than this are not listed: a mailbox nesting further is more likely a loop in
+# what the server answers than folders someone watches.
+MAX_FOLDER_DEPTH = 10
+
+
+def _folder_page(
+    graph_url: str,
+    upn: str,
+    url: str,
+    token: str,
+    settings: OAuthSettings,
+    policy: HostPolicy,
+    timeout: float,
+) -> tuple[list[tuple[str, str, int]], str | None]:
+    """One page of a folder list: (id, display name, child folder count), and the next link."""
+    response = _request("GET", url, token, settings, policy, timeout)
+    _raise_for(response, upn)
+    try:
+        body = response.json()
+        rows = [
+            (str(f["id"]), str(f["displayName"]), int(f.get("childFolderCount") or 0))
+            for f in body["value"]
+        ]
+    except (ValueError, KeyError, TypeError, AttributeError):
+        raise GraphError(f"{graph_url} did not answer with a folder list.") from None
+    return rows, body.get("@odata.nextLink")
+
+
+def folder_key(path: str) -> str:
+    """A folder path as compared: names without surrounding spaces, joined by "/", and
+    without regard to letter case (`inbox / approvals` is `Inbox/Approvals`)."""
+    return "/".join(part.strip() for part in path.strip().strip("/").split("/")).casefold()
+
+
 def list_folders(
     graph_url: str,
     upn: str,
@@ -151,19 +225,39 @@ def list_folders(
     settings: OAuthSettings,
     policy: HostPolicy,
     timeout: float = 30,
+    toward: Sequence[str] | None = None,
 ) -> list[tuple[str, str]]:
-    """The mailbox's top-level folders as (id, display name). Raises GraphError."""
+    """The mailbox's folders, nested ones included, as (id, path) where the path joins display
+    names with "/" (`Inbox/Approvals`); each parent comes before its children.
+
+    With `toward`, only the folders on the way to those paths are opened (one request per
+    level rather than one per folder that has children). Raises GraphError."""
     folders: list[tuple[str, str]] = []
-    url: str | None = _url(graph_url, upn, "mailFolders?$top=100")
-    while url:
-        response = _request("GET", url, token, settings, policy, timeout)
-        _raise_for(response, upn)
-        try:
-            body = response.json()
-            folders.extend((str(f["id"]), str(f["displayName"])) for f in body["value"])
-        except (ValueError, KeyError, TypeError):
-            raise GraphError(f"{graph_url} did not answer with a folder list.") from None
-        url = body.get("@odata.nextLink")
+    seen: set[str] = set()
+    # The folders whose children are needed to reach `toward`, as folder_key gives them.
+    ancestors: set[str] | None = None
+    if toward is not None:
+        ancestors = {
+            "/".join(parts[:end])
+            for parts in (folder_key(path).split("/") for path in toward)
+            for end in range(1, len(parts))
+        }
+
+    def walk(url: str | None, parent: str, depth: int) -> None:
+        while url:
+            rows, url = _folder_page(graph_url, upn, url, token, settings, policy, timeout)
+            for folder_id, name, children in rows:
+                if folder_id in seen:
+                    continue
+                seen.add(folder_id)
+                path = f"{parent}/{name}" if parent else name
+                folders.append((folder_id, path))
+                wanted = ancestors is None or folder_key(path) in ancestors
+                if children and wanted and depth < MAX_FOLDER_DEPTH:
+                    tail = f"mailFolders/{quote(folder_id, safe='')}/childFolders?$top=100"
+                    walk(_url(graph_url, upn, tail), path, depth + 1)
+
+    walk(_url(graph_url, upn, "mailFolders?$top=100"), "", 1)
     return folders
 
 

@@ -7,7 +7,8 @@ from dataclasses import asdict, dataclass
 from typing import Any
 
 from cryptography import x509
-from cryptography.hazmat.primitives.serialization import Encoding, pkcs12
+from cryptography.hazmat.primitives.asymmetric import ec, rsa
+from cryptography.hazmat.primitives.serialization import Encoding, pkcs7, pkcs12
 
 EXPIRY_WARNING = dt.timedelta(days=30)
 MAX_KEYSTORE_BYTES = 1024 * 1024
@@ -86,3 +87,39 @@ def read_pkcs12(data: bytes, password: str) -> tuple[list[CertificateEntry], str
 def expires_soon(not_after: str, now: dt.datetime) -> bool:
     """Whether a certificate has expired or expires within 30 days of `now`."""
     return dt.datetime.fromisoformat(not_after) - now <= EXPIRY_WARNING
+
+
+@dataclass(frozen=True)
+class SigningKey:
+    """A private key with its certificate and the rest of the chain, ready for smime_sign."""
+
+    key: pkcs7.PKCS7PrivateKeyTypes
+    cert: x509.Certificate
+    chain: tuple[x509.Certificate, ...]
+
+
+def load_signing_key(data: bytes, password: str, alias: str = "") -> SigningKey:
+    """The key entry named `alias` of a PKCS#12 file (the first key entry when `alias` is blank)
+    with the other certificates as its chain; raises KeystoreError.
+
+    A PKCS#12 file as the cryptography package reads it holds one private key, so the key
+    entry is the certificate that belongs to it; `alias` is checked against its friendly name.
+    """
+    try:
+        bundle = pkcs12.load_pkcs12(data, password.encode("utf-8") if password else None)
+    except ValueError:
+        raise KeystoreError(
+            "The signing keystore cannot be read: the file or its stored password is not right."
+        ) from None
+    if bundle.key is None or bundle.cert is None:
+        raise KeystoreError("The signing keystore holds no private key with its certificate.")
+    if not isinstance(bundle.key, rsa.RSAPrivateKey | ec.EllipticCurvePrivateKey):
+        raise KeystoreError("S/MIME signing needs an RSA or EC private key.")
+    name = (bundle.cert.friendly_name or b"").decode("utf-8", "replace") or "1"
+    wanted = alias.strip()
+    if wanted and wanted != name:
+        raise KeystoreError(
+            f"The signing keystore has no key entry with the alias {wanted!r} (it has {name!r})."
+        )
+    chain = tuple(extra.certificate for extra in bundle.additional_certs)
+    return SigningKey(bundle.key, bundle.cert.certificate, chain)

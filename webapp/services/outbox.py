@@ -1,22 +1,49 @@
 """The outbox: every outgoing message is written here, in the transaction that caused it.
 
 `queue_message` is the one way to write an `OutboundMessage`: it picks the sending account,
-fixes the Message-ID, threads the message into its case's conversation and remembers the new
-row on the session, so that the sender job is enqueued once the transaction commits.
+fixes the Message-ID and keeps the reply token encrypted. A session hook (workers/outbound.py)
+enqueues the sender job once the transaction commits; that job uses the rest of this module:
+claim the messages, hold those past a rate limit, build and sign them, send them over one
+connection per account, and record each server's answer.
 """
 
 from __future__ import annotations
 
+import base64
+import logging
 import re
+from collections import defaultdict
 from collections.abc import Iterable, Sequence
+from contextlib import ExitStack
+from dataclasses import dataclass
+from datetime import datetime, timedelta
 from email.utils import make_msgid
 
 from flask import current_app
-from sqlalchemy import select
+from sqlalchemy import and_, func, or_, select, update
+from sqlalchemy.orm import selectinload
+from sqlalchemy.sql.elements import ColumnElement
 
 from webapp.extensions import db
+from webapp.mail.connect import ConnectivityError
+from webapp.mail.correlate import plus_address
+from webapp.mail.keystore import KeystoreError, SigningKey, load_signing_key
+from webapp.mail.oauth import OAuthError
+from webapp.mail.outbound import (
+    HeaderValueError,
+    OutboundAttachment,
+    OutboundError,
+    OutboundSpec,
+    build_outbound,
+    message_bytes,
+    outbound_bytes,
+)
+from webapp.mail.sending import Delivery, Outcome, Sender, SmtpSession, graph_session
+from webapp.mail.sign import SigningError, smime_sign
 from webapp.models import (
     Case,
+    CaseAttachment,
+    CaseEvent,
     EmailAccount,
     InboundMessage,
     OutboundKind,
@@ -25,7 +52,14 @@ from webapp.models import (
     OutboundStatus,
     User,
 )
-from webapp.secretbox import get_secretbox
+from webapp.models.types import utcnow
+from webapp.secretbox import SecretError, get_secretbox
+from webapp.services.accounts import sender_endpoint, smtp_login
+from webapp.services.approval_links import fill_links
+from webapp.services.auth_profiles import oauth_settings, profile_token
+from webapp.services.mail_settings import host_policy
+
+log = logging.getLogger(__name__)
 
 MAX_SUBJECT = 998
 
@@ -131,3 +165,605 @@ def queue_message(
     # the case is detected.
     db.session.add(outbound)
     return outbound
+
+
+# -- sending ------------------------------------------------------------------------------------
+
+# Waits before the next attempt after a temporary failure; after the last one the message fails.
+BACKOFF = (
+    timedelta(minutes=1),
+    timedelta(minutes=5),
+    timedelta(minutes=15),
+    timedelta(minutes=60),
+    timedelta(minutes=240),
+)
+# A message still "sending" after this long lost its sender (a crash, a killed worker): longer
+# than any SMTP or Graph timeout, so no sender is still waiting for the server's answer.
+STUCK_AFTER = timedelta(minutes=10)
+# New messages are sent by the job enqueued at commit; the sweeper leaves them this long to it.
+DUE_GRACE = timedelta(seconds=5)
+RATE_WINDOW = timedelta(hours=1)
+ATTENTION = (OutboundStatus.HELD, OutboundStatus.UNCERTAIN, OutboundStatus.FAILED)
+RELEASABLE = (OutboundStatus.FAILED, OutboundStatus.UNCERTAIN, OutboundStatus.HELD)
+CANCELLABLE = (
+    OutboundStatus.PENDING,
+    OutboundStatus.HELD,
+    OutboundStatus.FAILED,
+    OutboundStatus.UNCERTAIN,
+)
+UNCERTAIN_REASON = (
+    "The sender stopped while handing this message to the server, so it may or may not have "
+    "been delivered. Check with the recipient, then send it again or cancel it."
+)
+NOT_DELIVERED = "Email not delivered"
+
+
+class OutboxError(ValueError):
+    """An outbox action was refused; the message says why."""
+
+
+class _BuildError(Exception):
+    """The message cannot be sent as stored (a permanent failure); the message says why."""
+
+
+@dataclass(frozen=True)
+class SendResult:
+    """What one send attempt did: the message's status afterwards and a line for people."""
+
+    outbound_id: int
+    status: str
+    detail: str
+
+
+@dataclass(frozen=True)
+class _Unavailable:
+    """The sender of an account that cannot be used now: every message gets `delivery`."""
+
+    delivery: Delivery
+
+    def send(self, sender: str, recipients: Sequence[str], raw: bytes) -> Delivery:
+        return self.delivery
+
+
+@dataclass(frozen=True)
+class _Built:
+    sender: str
+    recipients: list[str]
+    raw: bytes
+
+
+def _due(now: datetime) -> ColumnElement[bool]:
+    return or_(OutboundMessage.next_attempt_at.is_(None), OutboundMessage.next_attempt_at <= now)
+
+
+def claim(outbound_ids: Sequence[int], now: datetime) -> list[int]:
+    """Mark the due pending messages among `outbound_ids` "sending" and return their ids.
+
+    One conditional UPDATE: of two senders given the same ids, each message goes to one. The
+    caller commits before sending, so that a crash leaves the message "sending" (then
+    "uncertain"), never "pending" to be sent again unnoticed.
+    """
+    if not outbound_ids:
+        return []
+    result = db.session.execute(
+        update(OutboundMessage)
+        .where(
+            OutboundMessage.id.in_(list(outbound_ids)),
+            OutboundMessage.status == OutboundStatus.PENDING.value,
+            _due(now),
+        )
+        .values(
+            status=OutboundStatus.SENDING.value,
+            sending_at=now,
+            attempts=OutboundMessage.attempts + 1,
+        )
+        .returning(OutboundMessage.id)
+        .execution_options(synchronize_session=False)
+    )
+    return sorted(result.scalars())
+
+
+def load_claimed(outbound_ids: Sequence[int]) -> list[OutboundMessage]:
+    """The messages with what sending them needs, in id order, in a few queries."""
+    rows = db.session.scalars(
+        select(OutboundMessage)
+        .where(OutboundMessage.id.in_(list(outbound_ids)))
+        # An account's keystores and profile load lazily, once per batch (the identity map).
+        .options(selectinload(OutboundMessage.case), selectinload(OutboundMessage.account))
+        .order_by(OutboundMessage.id)
+        .execution_options(populate_existing=True)
+    )
+    return list(rows)
+
+
+def hold_over_limit(rows: Sequence[OutboundMessage], now: datetime) -> set[int]:
+    """Hold the automatic messages among `rows` (claimed, in id order) that would pass a rate
+    limit; returns their ids.
+
+    A message counts against the limits from the moment it is written, unless it was held or
+    cancelled; earlier messages come first. Two grouped queries count what came before the
+    batch; the batch is counted here as it goes. Only a message's first attempt is checked:
+    one an admin released (or sent again) goes out without another check.
+    """
+    per_recipient = current_app.config["CASEMAIL_RATE_LIMIT_PER_RECIPIENT"]
+    per_case = current_app.config["CASEMAIL_RATE_LIMIT_PER_CASE"]
+    candidates = [r for r in rows if r.automatic and r.attempts <= 1 and r.next_attempt_at is None]
+    if not candidates or (per_recipient <= 0 and per_case <= 0):
+        return set()
+    first = rows[0].id
+    since = now - RATE_WINDOW
+    counted = OutboundMessage.status.not_in(
+        [OutboundStatus.HELD.value, OutboundStatus.CANCELLED.value]
+    )
+    to_address: dict[str, int] = defaultdict(int)
+    if per_recipient > 0:
+        wanted = {a for r in candidates for a in [*r.recipients, *r.cc]}
+        to_address.update(
+            db.session.execute(
+                select(OutboundRecipient.address, func.count())
+                .join(OutboundMessage, OutboundMessage.id == OutboundRecipient.outbound_id)
+                .where(
+                    OutboundRecipient.address.in_(wanted),
+                    OutboundRecipient.created_at >= since,
+                    OutboundRecipient.outbound_id < first,
+                    counted,
+                )
+                .group_by(OutboundRecipient.address)
+            ).all()
+        )
+    from_case: dict[int, int] = defaultdict(int)
+    case_ids = {r.case_id for r in candidates if r.case_id is not None}
+    if per_case > 0 and case_ids:
+        for case_id, count in db.session.execute(
+            select(OutboundMessage.case_id, func.count())
+            .where(
+                OutboundMessage.case_id.in_(case_ids),
+                OutboundMessage.created_at >= since,
+                OutboundMessage.id < first,
+                counted,
+            )
+            .group_by(OutboundMessage.case_id)
+        ):
+            if case_id is not None:
+                from_case[case_id] = count
+    candidate_ids = {r.id for r in candidates}
+    held: set[int] = set()
+    for row in rows:
+        addresses = list(dict.fromkeys([*row.recipients, *row.cc]))
+        reason = ""
+        if row.id in candidate_ids:
+            reason = _over_limit(row, addresses, to_address, from_case, per_recipient, per_case)
+        if reason:
+            held.add(row.id)
+            row.status = OutboundStatus.HELD.value
+            row.attempts = max(0, row.attempts - 1)  # it was not tried
+            row.sending_at = None
+            row.last_error = f"{reason} Send it again to send it anyway, or cancel it."
+            log.warning("outbound message %s held by a rate limit: %s", row.id, reason)
+            continue
+        for address in addresses:
+            to_address[address] += 1
+        if row.case_id is not None:
+            from_case[row.case_id] += 1
+    return held
+
+
+def _over_limit(
+    row: OutboundMessage,
+    addresses: list[str],
+    to_address: dict[str, int],
+    from_case: dict[int, int],
+    per_recipient: int,
+    per_case: int,
+) -> str:
+    """Why `row` passes a limit, or "" when it does not."""
+    if per_recipient > 0:
+        for address in addresses:
+            if to_address[address] >= per_recipient:
+                return (
+                    f"Held: {address} was sent {_messages(per_recipient)} in the last hour, "
+                    "the limit per recipient (CASEMAIL_RATE_LIMIT_PER_RECIPIENT)."
+                )
+    if per_case > 0 and row.case_id is not None and from_case[row.case_id] >= per_case:
+        reference = row.case.reference if row.case is not None else row.case_id
+        return (
+            f"Held: case {reference} sent {_messages(per_case)} in the last hour, the limit "
+            "per case (CASEMAIL_RATE_LIMIT_PER_CASE)."
+        )
+    return ""
+
+
+def _messages(count: int) -> str:
+    return f"{count} message" if count == 1 else f"{count} messages"
+
+
+def _signing_key(account: EmailAccount) -> SigningKey:
+    keystore = account.signing_keystore
+    assert keystore is not None
+    try:
+        box = get_secretbox()
+        data = base64.b64decode(box.decrypt(keystore.pkcs12_encrypted or ""))
+        password = box.decrypt(keystore.password_encrypted) if keystore.password_encrypted else ""
+    except SecretError:
+        raise KeystoreError(
+            f"The signing keystore {keystore.name} cannot be decrypted with the keys in "
+            "CASEMAIL_SECRET_KEYS."
+        ) from None
+    return load_signing_key(data, password, account.signing_alias)
+
+
+def _sender_problem(account: EmailAccount | None) -> str:
+    if account is None:
+        return (
+            "There is no email account to send from: choose one on the case type "
+            "(or on the listener the case came through)."
+        )
+    if account.sender_protocol == "graph":
+        if account.sender_auth_profile is None or not account.graph_sender_upn:
+            return (
+                f"The email account {account.account_id} has no Microsoft Graph mailbox or "
+                "OAuth 2.0 profile for sending: complete its sender settings."
+            )
+    elif not account.smtp_host or not account.smtp_port or not account.smtp_email:
+        return (
+            f"The email account {account.account_id} has no SMTP server or email address "
+            "for sending: complete its sender settings."
+        )
+    return ""
+
+
+def _from_address(account: EmailAccount) -> str:
+    if account.sender_protocol == "graph":
+        return account.smtp_email or account.graph_sender_upn
+    return account.smtp_email
+
+
+def _account_reply_to(account: EmailAccount) -> str:
+    if account.sender_protocol == "graph":
+        return account.graph_sender_reply_to or account.smtp_reply_to
+    return account.smtp_reply_to
+
+
+def _threads(rows: Sequence[OutboundMessage]) -> dict[int, tuple[str | None, list[str]]]:
+    """thread_of for every case among `rows` whose messages do not name their thread."""
+    case_ids = {r.case_id for r in rows if r.case_id is not None and not r.in_reply_to}
+    if not case_ids:
+        return {}
+    found: dict[int, list[str]] = defaultdict(list)
+    for case_id, message_id in db.session.execute(
+        select(InboundMessage.case_id, InboundMessage.message_id)
+        .where(InboundMessage.case_id.in_(case_ids), InboundMessage.message_id.is_not(None))
+        .order_by(InboundMessage.id)
+    ):
+        if message_id and case_id is not None:
+            found[case_id].append(message_id)
+    return {
+        case_id: (ids[-1], list(dict.fromkeys([ids[0], ids[-1]]))) for case_id, ids in found.items()
+    }
+
+
+def _attachments(rows: Sequence[OutboundMessage]) -> dict[int, list[CaseAttachment]]:
+    """The case attachments each message carries, by message id."""
+    whole = {r.case_id for r in rows if r.attach_case_files and r.case_id is not None}
+    chosen = {i for r in rows if not r.attach_case_files and r.case_id for i in r.attachment_ids}
+    if not whole and not chosen:
+        return {}
+    found = db.session.scalars(
+        select(CaseAttachment)
+        .where(or_(CaseAttachment.case_id.in_(whole), CaseAttachment.id.in_(chosen)))
+        .order_by(CaseAttachment.id)
+    ).all()
+    result: dict[int, list[CaseAttachment]] = {}
+    for row in rows:
+        if row.attach_case_files:
+            result[row.id] = [a for a in found if a.case_id == row.case_id]
+        elif row.attachment_ids and row.case_id is not None:
+            wanted = set(row.attachment_ids)
+            result[row.id] = [a for a in found if a.case_id == row.case_id and a.id in wanted]
+    return result
+
+
+class _Builder:
+    """Builds the messages of one batch, with what they share loaded once."""
+
+    def __init__(self, rows: Sequence[OutboundMessage]) -> None:
+        self.threads = _threads(rows)
+        self.attachments = _attachments(rows)
+        self.signing: dict[int, SigningKey | KeystoreError] = {}
+        self.domain = current_app.config["CASEMAIL_MESSAGE_ID_DOMAIN"]
+
+    def _signer(self, account: EmailAccount) -> SigningKey:
+        if account.id not in self.signing:
+            try:
+                self.signing[account.id] = _signing_key(account)
+            except KeystoreError as exc:
+                self.signing[account.id] = exc
+        found = self.signing[account.id]
+        if isinstance(found, KeystoreError):
+            raise _BuildError(f"The message cannot be signed: {found}")
+        return found
+
+    def build(self, row: OutboundMessage) -> _Built:
+        """The message's bytes; raises _BuildError."""
+        problem = _sender_problem(row.account)
+        if problem:
+            raise _BuildError(problem)
+        account = row.account
+        assert account is not None
+        try:
+            token = get_secretbox().decrypt(row.token_encrypted) if row.token_encrypted else None
+        except SecretError:
+            raise _BuildError(
+                "The reply token of this message cannot be decrypted with the keys in "
+                "CASEMAIL_SECRET_KEYS."
+            ) from None
+        from_address = _from_address(account)
+        reply_base = _account_reply_to(account)
+        if token:
+            reply_to: str | None = plus_address(reply_base or from_address, token)
+        else:
+            reply_to = row.reply_to or reply_base or None
+        in_reply_to, references = row.in_reply_to, list(row.references or [])
+        if not in_reply_to and row.case_id is not None:
+            in_reply_to, references = self.threads.get(row.case_id, (None, []))
+        spec = OutboundSpec(
+            from_address=from_address,
+            from_name=account.smtp_display_name,
+            reply_to=reply_to,
+            to=tuple(row.recipients),
+            cc=tuple(row.cc or ()),
+            subject=row.subject,
+            text=fill_links(row.body, token) if token else row.body,
+            message_id_domain=self.domain,
+            message_id=row.message_id,
+            in_reply_to=in_reply_to,
+            references=tuple(references),
+            automatic=row.automatic,
+            token=token,
+            case_id=row.case.reference if row.case is not None else None,
+            attachments=tuple(
+                OutboundAttachment(a.filename, a.content_type, a.data)
+                for a in self.attachments.get(row.id, [])
+            ),
+        )
+        try:
+            if account.signing_keystore is None:
+                raw = outbound_bytes(spec)
+            else:
+                message = build_outbound(spec)
+                key = self._signer(account)
+                raw = message_bytes(smime_sign(message, key.key, key.cert, key.chain))
+        except (HeaderValueError, OutboundError, SigningError) as exc:
+            raise _BuildError(f"The message cannot be built: {exc}") from None
+        return _Built(from_address, [*row.recipients, *(row.cc or [])], raw)
+
+
+class Senders:
+    """One open sender per account for a whole batch; closes them all at the end."""
+
+    def __init__(self) -> None:
+        self._stack = ExitStack()
+        self._open: dict[int, Sender] = {}
+
+    def __enter__(self) -> Senders:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self._stack.close()
+
+    def for_account(self, account: EmailAccount) -> Sender:
+        sender = self._open.get(account.id)
+        if sender is None:
+            sender = self._open[account.id] = self._start(account)
+        return sender
+
+    def _start(self, account: EmailAccount) -> Sender:
+        policy = host_policy()
+        try:
+            if account.sender_protocol == "graph":
+                profile = account.sender_auth_profile
+                assert profile is not None
+                token = profile_token(profile).access_token
+                return self._stack.enter_context(
+                    graph_session(
+                        oauth_settings(profile),
+                        policy,
+                        profile.graph_url,
+                        account.graph_sender_upn,
+                        token,
+                        float(account.graph_sender_timeout or 30),
+                    )
+                )
+            local = (account.smtp_advanced or {}).get("mail.smtp.localhost")
+            session = SmtpSession(sender_endpoint(account), smtp_login(account), policy, local)
+            return self._stack.enter_context(session)
+        except (ConnectivityError, OAuthError) as exc:
+            return _Unavailable(Delivery(Outcome.RETRY, str(exc)))
+        except SecretError:
+            return _Unavailable(
+                Delivery(
+                    Outcome.RETRY,
+                    f"A stored secret of the email account {account.account_id} cannot be "
+                    "decrypted with the keys in CASEMAIL_SECRET_KEYS.",
+                )
+            )
+
+
+def _not_delivered(row: OutboundMessage, now: datetime) -> None:
+    if row.case_id is None:
+        return
+    to = ", ".join([*row.recipients, *(row.cc or [])])
+    db.session.add(
+        CaseEvent(
+            case_id=row.case_id,
+            kind="email",
+            actor="system",
+            channel="system",
+            action=NOT_DELIVERED,
+            comment=f"{row.last_error}\n(“{row.subject}” to {to})",
+            created_at=now,
+        )
+    )
+
+
+def record(row: OutboundMessage, delivery: Delivery, now: datetime) -> SendResult:
+    """Record what the server answered for a claimed message (flushes nothing; commit after)."""
+    if delivery.outcome == Outcome.SENT:
+        row.status = OutboundStatus.SENT.value
+        row.sent_at = now
+        row.next_attempt_at = None
+        row.token_encrypted = None  # the Approval keeps the token's hash; nothing else needs it
+        row.last_error = delivery.answer if delivery.refused else ""
+    elif delivery.outcome == Outcome.RETRY and row.attempts <= len(BACKOFF):
+        row.status = OutboundStatus.PENDING.value
+        row.next_attempt_at = now + BACKOFF[max(row.attempts, 1) - 1]
+        row.last_error = delivery.answer
+    else:
+        row.status = OutboundStatus.FAILED.value
+        row.next_attempt_at = None
+        row.last_error = (
+            f"Gave up after {row.attempts} attempts. {delivery.answer}"
+            if delivery.outcome == Outcome.RETRY
+            else delivery.answer
+        )
+        _not_delivered(row, now)
+        log.warning("outbound message %s failed: %s", row.id, row.last_error)
+    detail = row.last_error
+    if row.status == OutboundStatus.PENDING.value and row.next_attempt_at is not None:
+        detail = f"{detail} (next attempt {row.next_attempt_at:%H:%M:%S} UTC)"
+    return SendResult(row.id, row.status, detail)
+
+
+def send_claimed(rows: Sequence[OutboundMessage], senders: Senders) -> list[SendResult]:
+    """Hold, build, send and record claimed messages (the caller commits once after)."""
+    now = utcnow()
+    held = hold_over_limit(rows, now)
+    results = [SendResult(r.id, r.status, r.last_error) for r in rows if r.id in held]
+    todo = [r for r in rows if r.id not in held]
+    builder = _Builder(todo)
+    for row in todo:
+        try:
+            built = builder.build(row)
+        except _BuildError as exc:
+            delivery = Delivery(Outcome.FAILED, str(exc))
+        except Exception as exc:
+            # One message that trips a fault must not stop the batch (whose messages sent so
+            # far could then only be recorded as uncertain).
+            log.exception("outbound message %s could not be built", row.id)
+            delivery = Delivery(
+                Outcome.FAILED,
+                f"The message could not be built because of an internal error "
+                f"({type(exc).__name__}); it was logged.",
+            )
+        else:
+            assert row.account is not None
+            sender = senders.for_account(row.account)
+            delivery = sender.send(built.sender, built.recipients, built.raw)
+        results.append(record(row, delivery, utcnow()))
+    return results
+
+
+def due_ids(now: datetime, limit: int = 1000) -> list[int]:
+    """Pending messages whose time has come (new ones after DUE_GRACE), oldest first."""
+    return list(
+        db.session.scalars(
+            select(OutboundMessage.id)
+            .where(
+                OutboundMessage.status == OutboundStatus.PENDING.value,
+                or_(
+                    OutboundMessage.next_attempt_at <= now,
+                    and_(
+                        OutboundMessage.next_attempt_at.is_(None),
+                        OutboundMessage.created_at <= now - DUE_GRACE,
+                    ),
+                ),
+            )
+            .order_by(OutboundMessage.id)
+            .limit(limit)
+        )
+    )
+
+
+def mark_uncertain(now: datetime) -> int:
+    """Turn messages left "sending" longer than STUCK_AFTER into "uncertain"; returns how many."""
+    result = db.session.execute(
+        update(OutboundMessage)
+        .where(
+            OutboundMessage.status == OutboundStatus.SENDING.value,
+            OutboundMessage.sending_at < now - STUCK_AFTER,
+        )
+        .values(status=OutboundStatus.UNCERTAIN.value, last_error=UNCERTAIN_REASON)
+        .execution_options(synchronize_session=False)
+    )
+    count: int = result.rowcount  # type: ignore[attr-defined]
+    if count:
+        log.warning("%d outbound messages were left sending; marked uncertain", count)
+    return count
+
+
+def send_again(outbound_id: int, now: datetime) -> OutboundMessage:
+    """Put a failed, uncertain or held message back in line, to be sent now, without another
+    rate-limit check. Raises OutboxError."""
+    return _change(
+        outbound_id,
+        RELEASABLE,
+        {
+            "status": OutboundStatus.PENDING.value,
+            "next_attempt_at": now,
+            "attempts": 0,
+            "sending_at": None,
+        },
+        "can be sent again",
+    )
+
+
+def cancel(outbound_id: int) -> OutboundMessage:
+    """Decide not to send a message that has not gone out. Raises OutboxError."""
+    return _change(
+        outbound_id,
+        CANCELLABLE,
+        {
+            "status": OutboundStatus.CANCELLED.value,
+            "next_attempt_at": None,
+            "token_encrypted": None,
+        },
+        "can be cancelled",
+    )
+
+
+def _change(
+    outbound_id: int,
+    allowed: Sequence[OutboundStatus],
+    values: dict[str, object],
+    what: str,
+) -> OutboundMessage:
+    # Conditional, like the claim: a sender that takes the message meanwhile wins.
+    result = db.session.execute(
+        update(OutboundMessage)
+        .where(
+            OutboundMessage.id == outbound_id,
+            OutboundMessage.status.in_([s.value for s in allowed]),
+        )
+        .values(**values)
+        .execution_options(synchronize_session=False)
+    )
+    row = db.session.get(OutboundMessage, outbound_id, populate_existing=True)
+    if row is None:
+        raise OutboxError("There is no such message in the outbox.")
+    if not result.rowcount:  # type: ignore[attr-defined]
+        names = [s.value for s in allowed]
+        listed = f"{', '.join(names[:-1])} or {names[-1]}"
+        raise OutboxError(f"Only {listed} messages {what}; message {row.id} is {row.status}.")
+    return row
+
+
+def status_counts() -> dict[str, int]:
+    """How many messages the outbox holds in each status (every status, zeros included)."""
+    counts = dict(
+        db.session.execute(
+            select(OutboundMessage.status, func.count(OutboundMessage.id)).group_by(
+                OutboundMessage.status
+            )
+        ).all()
+    )
+    return {s.value: int(counts.get(s.value, 0)) for s in OutboundStatus}

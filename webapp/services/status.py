@@ -41,6 +41,8 @@ class SystemStatus:
     queues: list[QueueStatus] = field(default_factory=list)
     workers: list[WorkerStatus] = field(default_factory=list)
     heartbeat_age: float | None = None
+    # Outgoing messages that need an admin: held, uncertain, failed (by status).
+    outbox_attention: dict[str, int] = field(default_factory=dict)
 
     @property
     def background_ok(self) -> bool:
@@ -62,6 +64,11 @@ def system_status() -> SystemStatus:
     except SQLAlchemyError as exc:
         db_error = type(exc).__name__
     status = SystemStatus(database=engine_name, database_error=db_error, redis_error=None)
+    if db_error is None:
+        from webapp.services.outbox import ATTENTION, status_counts
+
+        counts = status_counts()
+        status.outbox_attention = {s.value: counts[s.value] for s in ATTENTION}
     redis = get_redis()
     try:
         for name in ALL_QUEUES:
