@@ -63,6 +63,13 @@ def _int(env: Mapping[str, str], name: str, default: int) -> int:
         raise ConfigError(f"{name} must be a whole number, got {raw!r}") from None
 
 
+def _positive(env: Mapping[str, str], name: str, default: int) -> int:
+    value = _int(env, name, default)
+    if value < 1:
+        raise ConfigError(f"{name} must be at least 1, got {value}")
+    return value
+
+
 def load_config(env: Mapping[str, str], instance_path: str) -> dict[str, Any]:
     """Build the Flask config from environment variables.
 
@@ -137,6 +144,12 @@ def load_config(env: Mapping[str, str], instance_path: str) -> dict[str, Any]:
             for a in env.get("CASEMAIL_DEV_INTAKE", "support@casemail.test").split(",")
             if a.strip()
         ],
+        "CASEMAIL_APPROVAL_TOKEN_DAYS": _positive(env, "CASEMAIL_APPROVAL_TOKEN_DAYS", 14),
+        # A file of "selector._domainkey.domain TXT-value" lines: DKIM keys that replies are
+        # checked against before DNS is asked (closed networks, tests).
+        "CASEMAIL_DKIM_KEYS": env.get("CASEMAIL_DKIM_KEYS", "").strip(),
+        "CASEMAIL_RATE_LIMIT_PER_RECIPIENT": _int(env, "CASEMAIL_RATE_LIMIT_PER_RECIPIENT", 30),
+        "CASEMAIL_RATE_LIMIT_PER_CASE": _int(env, "CASEMAIL_RATE_LIMIT_PER_CASE", 60),
         "CASEMAIL_LOGIN_MAX_FAILURES": _int(env, "CASEMAIL_LOGIN_MAX_FAILURES", 10),
         "CASEMAIL_LOGIN_LOCK_SECONDS": _int(env, "CASEMAIL_LOGIN_LOCK_SECONDS", 900),
         "CASEMAIL_LOG_LEVEL": env.get("CASEMAIL_LOG_LEVEL", "INFO").upper(),

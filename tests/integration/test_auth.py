@@ -7,7 +7,14 @@ from flask import Flask
 
 from tests.fixtures.app import PASSWORD, both_databases, csrf_token
 
-PUBLIC_ENDPOINTS = {"auth.login", "main.healthz", "static", "bootstrap.static"}
+# The approval confirmation page is reached through a signed link, which is its credential.
+PUBLIC_ENDPOINTS = {
+    "auth.login",
+    "main.healthz",
+    "static",
+    "bootstrap.static",
+    "approvals.confirm",
+}
 ADMIN_PREFIXES = ("/admin", "/dev")
 
 

@@ -25,8 +25,8 @@ def _resolutions() -> list[dict[str, Any]]:
             "notifications": [
                 {
                     "recipients": ["requester"],
-                    "subject": "{{ case_id }} is approved: {{ subject }}",
-                    "body": "Hello,\n\nyour request {{ case_id }} has been approved.",
+                    "subject": "{{ case_id }} is complete: {{ subject }}",
+                    "body": "Hello,\n\nyour request {{ case_id }} has been completed.",
                 }
             ],
         },
@@ -107,8 +107,10 @@ EXPENSE_APPROVAL = Starter(
                     {
                         "recipients": ["approvers"],
                         "subject": "Approve {{ case_id }}: {{ amount }} for {{ category }}",
+                        # Opens the approval request, which lists every field and says how
+                        # to answer; approvers get no second message for this stage.
                         "body": "{{ requester }} asks you to approve {{ amount }} "
-                        "({{ category }}, {{ expense_date }}).\n\n{{ notes }}",
+                        "({{ category }}, {{ expense_date }}).",
                     }
                 ],
             },
@@ -120,6 +122,14 @@ EXPENSE_APPROVAL = Starter(
                 "assignee": "worker",
                 "sla_goal_hours": 48,
                 "sla_deadline_hours": 120,
+                "notifications": [
+                    {
+                        "recipients": ["requester"],
+                        "subject": "{{ case_id }} is approved: {{ subject }}",
+                        "body": "Hello,\n\nyour expense {{ case_id }} of {{ amount }} has been "
+                        "approved and is now with finance for payment.",
+                    }
+                ],
                 "actions": [
                     {"name": "Mark paid", "to": "completed"},
                     {"name": "Send back", "to": "submission"},
@@ -185,8 +195,10 @@ PURCHASE_REQUEST = Starter(
                     {
                         "recipients": ["approvers"],
                         "subject": "Approve purchase {{ case_id }}: {{ item }}",
+                        # Opens the approval request, which lists every field (the
+                        # justification too) and says how to answer.
                         "body": "{{ requester }} asks to buy {{ quantity }} x {{ item }} "
-                        "for about {{ estimated_cost }}.\n\n{{ justification }}",
+                        "for about {{ estimated_cost }}.",
                     }
                 ],
             },

@@ -185,6 +185,17 @@ class AccountForm(BaseForm):
         coerce=_optional_int,
         description="For XOAUTH2 and for receiving with Microsoft Graph.",
     )
+    require_authenticated_replies = BooleanField(
+        "Decisions by email must pass DKIM or a trusted Authentication-Results header",
+        description="A reply that approves or rejects is applied only when it proves its "
+        "sender's domain. Approvers can still decide with the links in the request.",
+    )
+    trusted_authserv_ids = StringField(
+        "Trusted authserv-ids",
+        validators=[Optional(), Length(max=500)],
+        description="Comma-separated host names of your receiving mail servers whose "
+        "Authentication-Results headers count, e.g. mx.example.com.",
+    )
     submit = SubmitField("Save account")
 
     def set_profiles(self, profiles: list[AuthProfile]) -> None:

@@ -11,6 +11,7 @@ from sqlalchemy import select
 
 from webapp.extensions import db
 from webapp.mail import advanced
+from webapp.mail.authres import is_hostname
 from webapp.mail.connect import SYSTEM_TRUSTSTORE, ConnectivityError, Endpoint
 from webapp.mail.graph import GraphError, check_mailbox
 from webapp.mail.hostpolicy import HostPolicy, HostRefused, check_host
@@ -76,6 +77,8 @@ _PLAIN_FIELDS = (
     "receiver_truststore_id",
     "receiver_advanced",
     "graph_receiver_upn",
+    "require_authenticated_replies",
+    "trusted_authserv_ids",
 )
 
 
@@ -112,6 +115,8 @@ def new_account() -> EmailAccount:
         receiver_security="ssl",
         receiver_tls_min="1.2",
         receiver_advanced={},
+        require_authenticated_replies=False,
+        trusted_authserv_ids="",
     )
 
 
@@ -279,7 +284,25 @@ def _validate(
         if not values["graph_receiver_upn"]:
             errors["graph_receiver_upn"] = "Enter the user principal name of the mailbox."
         _check_profile(errors, "receiver_auth_profile_id", values["receiver_auth_profile_id"])
+    try:
+        authserv_ids(values["trusted_authserv_ids"] or "")
+    except ValueError as exc:
+        errors["trusted_authserv_ids"] = str(exc)
     return errors
+
+
+def authserv_ids(text: str) -> list[str]:
+    """The host names of a comma-separated list of authserv-ids; raises ValueError."""
+    ids = [part.strip().lower().rstrip(".") for part in text.split(",") if part.strip()]
+    wrong = [value for value in ids if not is_hostname(value)]
+    if wrong:
+        raise ValueError(
+            f"“{wrong[0][:60]}” is not a host name: list the names of your receiving mail "
+            "servers, separated by commas, such as mx.example.com."
+        )
+    if len(", ".join(ids)) > 500:
+        raise ValueError("Keep the list under 500 characters.")
+    return list(dict.fromkeys(ids))
 
 
 def _check_profile(errors: dict[str, str], field: str, profile_id: int | None) -> None:
@@ -331,6 +354,8 @@ def save_account(
         db.session.add(account)
     for field in _PLAIN_FIELDS:
         setattr(account, field, merged[field])
+    account.require_authenticated_replies = bool(merged["require_authenticated_replies"])
+    account.trusted_authserv_ids = ", ".join(authserv_ids(merged["trusted_authserv_ids"] or ""))
     box = get_secretbox()
     if merged["smtp_auth"] != "password" or merged["sender_protocol"] != "smtp":
         account.smtp_password_encrypted = None
@@ -410,7 +435,9 @@ def _token(profile: AuthProfile | None) -> str:
         raise ConnectivityError(str(exc)) from None
 
 
-def _smtp_login(account: EmailAccount) -> SmtpLogin | None:
+def smtp_login(account: EmailAccount) -> SmtpLogin | None:
+    """How to sign in to the account's SMTP server (None: no sign-in); raises ConnectivityError
+    when an OAuth token cannot be obtained, SecretError when a password cannot be decrypted."""
     if account.smtp_auth == "oauth":
         return SmtpLogin(user=account.smtp_user_id, oauth_token=_token(account.sender_auth_profile))
     if account.smtp_auth != "password":
@@ -459,7 +486,7 @@ def _run_sender_test(account: EmailAccount) -> str:
         )
     local = (account.smtp_advanced or {}).get("mail.smtp.localhost")
     endpoint = _for_test(sender_endpoint(account))
-    return check_smtp(endpoint, _smtp_login(account), host_policy(), local)
+    return check_smtp(endpoint, smtp_login(account), host_policy(), local)
 
 
 def _run_receiver_test(account: EmailAccount) -> str:

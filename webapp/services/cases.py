@@ -6,7 +6,7 @@ import re
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 
-from sqlalchemy import Select, String, and_, cast, func, or_, select, tuple_, update
+from sqlalchemy import Select, String, and_, bindparam, cast, func, or_, select, tuple_, update
 from sqlalchemy.orm.exc import StaleDataError
 
 from webapp.casetypes.definition import (
@@ -42,6 +42,7 @@ from webapp.models import (
     work_group_members,
 )
 from webapp.models.types import utcnow
+from webapp.services import approvals as approval_service
 from webapp.services.casetypes import version_definition
 from webapp.services.groups import find_group, group_names_of
 from webapp.services.outbox import queue_message
@@ -85,17 +86,23 @@ def snapshot_of(case: Case) -> CaseSnapshot:
     )
 
 
+# One UPDATE both reserves the number and locks the counter row until commit, so two
+# transactions never get the same number and a rolled-back one gives its number back. Built
+# once and run on the session's connection: no autoflush of unrelated pending rows, no ORM cost.
+_NEXT_NUMBER = (
+    update(CaseCounter)
+    .where(CaseCounter.case_type_id == bindparam("type_id"))
+    .values(next_number=CaseCounter.next_number + 1)
+    .returning(CaseCounter.next_number)
+)
+
+
 def _next_number(case_type_id: int) -> int:
-    # One UPDATE both reserves the number and locks the counter row until commit, so two
-    # transactions never get the same number and a rolled-back one gives its number back.
-    stmt = (
-        update(CaseCounter)
-        .where(CaseCounter.case_type_id == case_type_id)
-        .values(next_number=CaseCounter.next_number + 1)
-        .returning(CaseCounter.next_number)
-        .execution_options(synchronize_session=False)
+    number = (
+        db.session.connection()
+        .execute(_NEXT_NUMBER, {"type_id": case_type_id})
+        .scalar_one_or_none()
     )
-    number = db.session.execute(stmt).scalar_one_or_none()
     if number is None:
         raise CaseError("This case type has no case counter; re-create it.")
     return number - 1
@@ -111,11 +118,13 @@ def open_case(
     channel: str = "web",
     require_fields: bool = True,
     email_account: EmailAccount | None = None,
+    flush: bool = True,
 ) -> Case:
     """Open a case on the newest published version; raises CaseError (with field errors).
 
     The case's mail goes out from `email_account` (the account it arrived through), else
-    from its case type's account.
+    from its case type's account. Without `flush` the case has no id until the caller
+    flushes (ingest writes a message's case, its events and attachments in one flush).
     """
     version = case_type.latest_version
     if version is None:
@@ -158,7 +167,8 @@ def open_case(
     actor = actor_for(user, channel)
     _enter_stage(case, definition, definition.first_stage, now)
     _event(case, actor, user, "created", to_stage=case.stage, action="Created")
-    db.session.flush()
+    if flush:
+        db.session.flush()
     return case
 
 
@@ -190,6 +200,7 @@ def _event(
 
 
 def _enter_stage(case: Case, definition: Definition, stage: StageDef, now: datetime) -> None:
+    approval_service.supersede_pending(case)
     case.stage = stage.key
     case.status = status_of(definition, stage.key)
     case.resolution = stage.resolution if stage.is_resolution else None
@@ -219,10 +230,13 @@ def _enter_stage(case: Case, definition: Definition, stage: StageDef, now: datet
         # The approver field is empty, so no approver could ever decide: the admins' queue
         # gets the case (admins may decide any approval).
         case.queue = "admin"
-    _queue_notifications(case, definition, stage)
+    requested = approval_service.issue_requests(case, definition, stage)
+    _queue_notifications(case, definition, stage, {a.approver for a in requested})
 
 
-def _queue_notifications(case: Case, definition: Definition, stage: StageDef) -> None:
+def _queue_notifications(
+    case: Case, definition: Definition, stage: StageDef, requested: set[str] | None = None
+) -> None:
     values = {name: str(value) for name, value in (case.fields or {}).items()}
     values.update(
         case_id=case.reference,
@@ -240,7 +254,8 @@ def _queue_notifications(case: Case, definition: Definition, stage: StageDef) ->
         if "requester" in note.recipients and case.requester:
             recipients.append(case.requester)
         if "approvers" in note.recipients:
-            recipients.extend(case.approvers)
+            # An approver sent an approval request has this notification's text in it.
+            recipients.extend(a for a in case.approvers if a not in (requested or ()))
         if "assignee" in note.recipients and assignee_email:
             recipients.append(assignee_email)
         recipients.extend(a.lower() for a in note.addresses)

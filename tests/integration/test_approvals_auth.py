@@ -1,0 +1,168 @@
+"""Decisions by email on an account that requires proof of the sender's domain: a DKIM
+signature (checked against a key pinned in CASEMAIL_DKIM_KEYS) or the Authentication-Results
+header of a trusted receiving server. And the two settings on the account editor."""
+
+from __future__ import annotations
+
+import base64
+from pathlib import Path
+
+import dkim
+import pytest
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import rsa
+from sqlalchemy import select
+
+from tests.fixtures.app import both_databases, csrf_token
+from tests.integration.test_accounts import FULL, _full_fields
+from tests.support.replies import MANAGER, Desk, set_up_desk
+from webapp.extensions import db
+from webapp.models import EmailAccount
+
+TRUSTED = "mx.casemail.test"
+
+
+@pytest.fixture(scope="module")
+def dkim_key() -> tuple[bytes, str]:
+    """(private key PEM, the public key's TXT record)."""
+    key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+    pem = key.private_bytes(
+        serialization.Encoding.PEM,
+        serialization.PrivateFormat.TraditionalOpenSSL,
+        serialization.NoEncryption(),
+    )
+    public = key.public_key().public_bytes(
+        serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo
+    )
+    return pem, "v=DKIM1; k=rsa; p=" + base64.b64encode(public).decode()
+
+
+@pytest.fixture
+def strict_desk(app, make_account, make_case_type, dkim_key, tmp_path: Path) -> Desk:
+    keys = tmp_path / "dkim-keys.txt"
+    keys.write_text(f"# the approvers' domain\nsel._domainkey.example.com {dkim_key[1]}\n")
+    app.config["CASEMAIL_DKIM_KEYS"] = str(keys)
+    return set_up_desk(
+        app,
+        make_account,
+        make_case_type,
+        require_authenticated_replies=True,
+        trusted_authserv_ids=f"{TRUSTED.upper()}, relay.casemail.test",
+    )
+
+
+def _signed(pem: bytes, raw: bytes) -> bytes:
+    headers = [b"from", b"to", b"subject", b"message-id", b"date"]
+    return dkim.sign(raw, b"sel", b"example.com", pem, include_headers=headers) + raw
+
+
+@both_databases
+def test_a_signed_reply_is_applied(strict_desk, dkim_key):
+    desk = strict_desk
+    reference = desk.open_case()
+
+    desk.ingest(_signed(dkim_key[0], desk.reply(desk.request(reference), "APPROVE")))
+
+    assert desk.case(reference).stage == "payment"
+    assert desk.events(reference, "refused") == []
+
+
+@both_databases
+def test_an_unsigned_reply_is_refused_and_the_approver_pointed_to_the_links(strict_desk):
+    desk = strict_desk
+    reference = desk.open_case()
+
+    desk.ingest(desk.reply(desk.request(reference), "APPROVE"))
+
+    assert desk.case(reference).stage == "manager_approval"
+    assert desk.approvals(reference)[MANAGER].status == "pending"
+    [refused] = desk.events(reference, "refused")
+    assert refused.comment.startswith(f"The reply does not prove that it comes from {MANAGER}")
+    assert "no Authentication-Results header of a trusted server" in refused.comment
+    assert "no DKIM signature" in refused.comment
+    [answer] = desk.answers(reference)
+    assert "Use the Approve or Reject link in the request instead." in answer.body
+
+
+@both_databases
+def test_a_signature_broken_on_the_way_is_refused(strict_desk, dkim_key):
+    desk = strict_desk
+    reference = desk.open_case()
+    signed = _signed(dkim_key[0], desk.reply(desk.request(reference), "REJECT: too much"))
+
+    desk.ingest(signed.replace(b"REJECT: too much", b"APPROVE, fine!!"))
+
+    assert desk.case(reference).stage == "manager_approval"
+    assert "does not verify" in desk.events(reference, "refused")[0].comment
+
+
+@both_databases
+def test_a_trusted_servers_authentication_results_are_enough(strict_desk):
+    desk = strict_desk
+    reference = desk.open_case()
+    reply = desk.reply(desk.request(reference), "APPROVE")
+    header = (
+        f"Authentication-Results: {TRUSTED}; spf=pass smtp.mailfrom=example.com;\r\n"
+        " dkim=pass header.d=example.com; dmarc=pass (p=reject) header.from=example.com\r\n"
+    )
+
+    desk.ingest(header.encode() + reply)
+
+    assert desk.case(reference).stage == "payment"
+
+
+@both_databases
+def test_authentication_results_of_an_untrusted_server_are_ignored(strict_desk):
+    desk = strict_desk
+    reference = desk.open_case()
+    reply = desk.reply(desk.request(reference), "APPROVE")
+    header = "Authentication-Results: mx.evil.example; dmarc=pass header.from=example.com\r\n"
+
+    desk.ingest(header.encode() + reply)
+
+    assert desk.case(reference).stage == "manager_approval"
+    assert "no Authentication-Results header of a trusted server" in (
+        desk.events(reference, "refused")[0].comment
+    )
+
+
+def test_a_broken_key_file_refuses_with_the_reason(app, strict_desk, tmp_path):
+    desk = strict_desk
+    broken = tmp_path / "broken.txt"
+    broken.write_text("example.com v=DKIM1\n")
+    app.config["CASEMAIL_DKIM_KEYS"] = str(broken)
+    reference = desk.open_case()
+
+    desk.ingest(desk.reply(desk.request(reference), "APPROVE"))
+
+    assert desk.case(reference).stage == "manager_approval"
+    comment = desk.events(reference, "refused")[0].comment
+    assert "the DKIM key file (CASEMAIL_DKIM_KEYS) cannot be used: line 1" in comment
+
+
+def test_the_account_editor_saves_the_reply_checks_and_refuses_bad_ids(app, client, login_as):
+    login_as("admin")
+    data = _full_fields(
+        require_authenticated_replies="y", trusted_authserv_ids="mx.example.com; rm -rf"
+    )
+    response = client.post(FULL, data={**data, "csrf_token": csrf_token(client, FULL)})
+    assert response.status_code == 400
+    html = response.get_data(as_text=True)
+    assert "is not a host name: list the names of your receiving mail servers" in html
+
+    data = _full_fields(
+        require_authenticated_replies="y", trusted_authserv_ids=" MX1.example.com ,mx2.example.com"
+    )
+    response = client.post(FULL, data={**data, "csrf_token": csrf_token(client, FULL)})
+    assert response.status_code == 302, response.get_data(as_text=True)
+    with app.app_context():
+        account = db.session.scalar(select(EmailAccount))
+        assert account is not None
+        assert account.require_authenticated_replies is True
+        assert account.trusted_authserv_ids == "mx1.example.com, mx2.example.com"
+        pk = account.id
+    page = client.get(f"/admin/accounts/{pk}").get_data(as_text=True)
+    assert "Must pass DKIM or a trusted Authentication-Results header" in page
+    editor = client.get(f"/admin/accounts/{pk}/edit").get_data(as_text=True)
+    assert "Decisions by email must pass DKIM or a trusted Authentication-Results header" in editor
+    assert 'value="mx1.example.com, mx2.example.com"' in editor
