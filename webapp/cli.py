@@ -27,6 +27,7 @@ demo_cli = AppGroup("demo", help="Demo data for a first look.")
 config_cli = AppGroup("config", help="Configuration as code: export and import YAML.")
 accounts_cli = AppGroup("accounts", help="Email accounts: test their connectivity.")
 listeners_cli = AppGroup("listeners", help="Email listeners: list them, poll one now.")
+outbox_cli = AppGroup("outbox", help="Outgoing mail: list the outbox, send what is due now.")
 
 
 def _read_password(confirm: bool = True) -> str:
@@ -219,7 +220,7 @@ DEMO_ADMIN = "admin@casemail.test"
 
 @demo_cli.command("seed")
 def demo_seed() -> None:
-    """Create the demo admin once and print how to sign in."""
+    """Create the demo admin, case type and mailbox once and print how to sign in."""
     from webapp.services.users import create_user, find_user, verify_password
 
     password_file = Path(current_app.instance_path) / "demo-admin-password"
@@ -239,6 +240,125 @@ def demo_seed() -> None:
         shown = f"(changed since it was generated; {reset_hint})"
     click.echo(f"Sign in as {DEMO_ADMIN} with password: {shown}")
     click.echo(_seed_demo_case_type())
+    for line in _seed_demo_mail():
+        click.echo(line)
+
+
+DEMO_ACCOUNT = "demo-mailbox"
+DEMO_RULE = "Demo expense requests"
+DEMO_LISTENER = "Demo intake"
+# Lines such as "Amount: 120.50" in a plain email fill the Expense approval fields.
+DEMO_MAPPINGS = [
+    {"field": "amount", "source": "body_key", "value": "Amount"},
+    {"field": "expense_date", "source": "body_key", "value": "Date"},
+    {"field": "category", "source": "body_key", "value": "Category"},
+    {"field": "manager_email", "source": "body_key", "value": "Approver"},
+    {"field": "notes", "source": "body_key", "value": "Notes"},
+]
+
+
+def _seed_demo_mail() -> list[str]:
+    """Mail for the demo, made once: an account sending through the mail sandbox, the
+    Expense approval type's sending account, a rule opening its cases from plain email and
+    a listener the sandbox delivers to (never polled: the sandbox is not an IMAP server)."""
+    from sqlalchemy import select
+
+    from webapp.casetypes.starters import EXPENSE_APPROVAL
+    from webapp.models import EmailListener, RuleAction, ServiceEmailRule
+    from webapp.services.accounts import AccountError, find_account, save_account
+    from webapp.services.casetypes import find_case_type
+    from webapp.services.listeners import ListenerError, save_listener
+    from webapp.services.rules import RuleData, RuleError, save_rule
+
+    config = current_app.config
+    intake = config["CASEMAIL_DEV_INTAKE"]
+    case_type = find_case_type(EXPENSE_APPROVAL.name)
+    if not config["CASEMAIL_DEV_SANDBOX"] or not intake or case_type is None:
+        return []
+    address = intake[0]
+    host, port = config["CASEMAIL_DEV_SMTP_HOST"], config["CASEMAIL_DEV_SMTP_PORT"]
+    lines: list[str] = []
+    try:
+        account = find_account(DEMO_ACCOUNT)
+        if account is None:
+            account = save_account(
+                None,
+                DEMO_ACCOUNT,
+                {
+                    "name": "Demo mailbox",
+                    "description": (
+                        "Sends through the development mail sandbox. Mail to "
+                        f"{address} reaches the listener {DEMO_LISTENER} straight from the "
+                        "sandbox, so the receiver below is never polled."
+                    ),
+                    "smtp_email": address,
+                    "smtp_display_name": "Casemail demo",
+                    "smtp_host": host,
+                    "smtp_port": port,
+                    "smtp_security": "none",
+                    "smtp_auth": "none",
+                    "receiver_protocol": "imap",
+                    "receiver_host": host,
+                    "receiver_port": 143,
+                    "receiver_security": "none",
+                    "receiver_use_sender_credentials": False,
+                    "receiver_user_id": address,
+                },
+                {"receiver_password": secrets.token_urlsafe(12)},
+            )
+            lines.append(f"Demo mailbox: {address}, sending through the sandbox at {host}:{port}")
+        if case_type.email_account_id is None:
+            case_type.email_account = account
+        rule = db.session.scalar(select(ServiceEmailRule).where(ServiceEmailRule.name == DEMO_RULE))
+        if rule is None:
+            rule = save_rule(
+                None,
+                RuleData(
+                    name=DEMO_RULE,
+                    action=RuleAction.CREATE_CASE.value,
+                    case_type_id=case_type.id,
+                    mappings=[dict(m) for m in DEMO_MAPPINGS],
+                    send_ack=True,
+                    ack_subject="We have your request: {{ subject }}",
+                    ack_body=(
+                        "Your expense request is case {{ case_id }}. "
+                        "We will let you know when it has been decided."
+                    ),
+                ),
+            )
+        listener = db.session.scalar(
+            select(EmailListener).where(EmailListener.name == DEMO_LISTENER)
+        )
+        if listener is None:
+            save_listener(
+                None,
+                {
+                    "name": DEMO_LISTENER,
+                    "account_id": account.id,
+                    "folder": "INBOX",
+                    "message_format": "both",
+                    "rule_id": rule.id,
+                    "channel_id": None,
+                    "poll_interval_seconds": 60,
+                    "max_batch": 100,
+                    "after_processing": "mark_read",
+                    "move_to_folder": "",
+                    "max_message_bytes": 25 * 1024 * 1024,
+                    "send_error_email": False,
+                    "use_idle": False,
+                    # The sandbox hands it its mail; polling would find no server.
+                    "enabled": False,
+                },
+            )
+            lines.append(
+                f"Demo intake: mail to {address} opens an {case_type.name} case; "
+                "try it from /dev/mailbox"
+            )
+    except (AccountError, RuleError, ListenerError) as exc:
+        db.session.rollback()
+        raise click.ClickException(f"The demo mailbox was not set up: {exc}") from None
+    db.session.commit()
+    return lines
 
 
 def _seed_demo_case_type() -> str:
@@ -263,7 +383,8 @@ def _seed_demo_case_type() -> str:
 @config_cli.command("export")
 @click.option("--output", "-o", type=click.Path(dir_okay=False), help="Write here, not stdout.")
 def config_export(output: str | None) -> None:
-    """Write case types (and other configuration, without secrets) as YAML."""
+    """Write groups, email accounts (without secrets), case types, rules, channels and
+    listeners as YAML."""
     from webapp.services.configio import dump_yaml, export_config
 
     text = dump_yaml(export_config())
@@ -361,6 +482,53 @@ def listeners_watch() -> None:
     run_idle_watchers(current_app._get_current_object(), stop)  # type: ignore[attr-defined]
 
 
+@outbox_cli.command("send")
+def outbox_send() -> None:
+    """Send every message that is due now, here and now; one line per message."""
+    from webapp.models.types import utcnow
+    from webapp.services.outbox import due_ids, mark_uncertain
+    from workers.outbound import BATCH, send_outbound
+
+    now = utcnow()
+    marked = mark_uncertain(now)
+    db.session.commit()
+    if marked:
+        click.echo(f"{marked} message(s) left sending by a stopped sender are now uncertain.")
+    ids = due_ids(now, limit=100_000)
+    db.session.rollback()
+    sent = 0
+    for start in range(0, len(ids), BATCH):
+        for result in send_outbound(ids[start : start + BATCH]):
+            click.echo(f"{result.outbound_id}: {result.status} {result.detail}".rstrip())
+            sent += result.status == "sent"
+    click.echo(f"Sent {sent} of {len(ids)} due message(s).")
+
+
+@outbox_cli.command("list")
+@click.option(
+    "--status",
+    type=click.Choice(["pending", "sending", "sent", "failed", "held", "uncertain", "cancelled"]),
+    help="Only messages with this status.",
+)
+@click.option("--limit", default=50, show_default=True, help="At most this many, newest first.")
+def outbox_list(status: str | None, limit: int) -> None:
+    """List outgoing messages, newest first."""
+    from sqlalchemy import select
+
+    from webapp.models import OutboundMessage
+
+    stmt = select(OutboundMessage).order_by(OutboundMessage.id.desc()).limit(limit)
+    if status:
+        stmt = stmt.where(OutboundMessage.status == status)
+    rows = db.session.scalars(stmt).all()
+    for row in rows:
+        to = ", ".join([*row.recipients, *row.cc])
+        line = f"{row.id}  {row.status:<9}  {row.created_at:%Y-%m-%d %H:%M}  {to}  {row.subject}"
+        click.echo(line + (f"  [{row.last_error}]" if row.last_error else ""))
+    if not rows:
+        click.echo("No messages.")
+
+
 def register_cli(app: Flask) -> None:
     @app.cli.command("worker")
     @click.option(
@@ -408,3 +576,4 @@ def register_cli(app: Flask) -> None:
     app.cli.add_command(config_cli)
     app.cli.add_command(accounts_cli)
     app.cli.add_command(listeners_cli)
+    app.cli.add_command(outbox_cli)

@@ -9,6 +9,7 @@ import pytest
 from sqlalchemy import select
 
 from tests.fixtures.app import csrf_token
+from tests.fixtures.cases import form_data
 from tests.support.ports import free_port
 from webapp.extensions import db
 from webapp.mail.sandbox import Sandbox
@@ -66,6 +67,31 @@ def test_mail_to_the_intake_address_reaches_the_application(app, client, login_a
     assert f"delivered to the application as inbound message #{inbound_id}" in listing
 
 
+def test_intake_mail_goes_to_the_listener_of_its_address_and_is_queued_for_ingest(
+    app, client, login_as, sandbox_server, make_account, make_listener
+):
+    from webapp.extensions import get_queue
+    from workers.queues import INBOUND
+
+    other = make_account(smtp_email="other@casemail.test")
+    make_listener(other, name="Other mailbox")
+    account = make_account(smtp_email="Support@casemail.test")
+    listener_id = make_listener(account, name="Sandbox intake", enabled=False)
+    login_as("admin")
+    _send(app, "req@example.com", "support@casemail.test", "Plain address")
+    _send(app, "manager@example.com", "support+abc123@casemail.test", "Re: Approve EXP-1001")
+    with app.app_context():
+        stored = list(db.session.scalars(select(InboundMessage).order_by(InboundMessage.id)))
+        assert [(m.subject, m.listener_id, m.account_id) for m in stored] == [
+            ("Plain address", listener_id, account),
+            ("Re: Approve EXP-1001", listener_id, account),
+        ]
+        jobs = get_queue(INBOUND).jobs
+        assert [job.args for job in jobs] == [([stored[0].id],), ([stored[1].id],)]
+    listing = client.get("/dev/mailbox").get_data(as_text=True)
+    assert f"inbound message #{stored[1].id} for the listener Sandbox intake" in listing
+
+
 def test_message_view_sanitises_html(app, client, login_as, sandbox_server):
     login_as("admin")
     _send(
@@ -89,6 +115,7 @@ def test_reply_form_sends_a_threaded_reply_through_smtp(app, client, login_as, s
     key = Sandbox(app.config["CASEMAIL_DEV_MAILDIR"]).entries()[0].key
     page = client.get(f"/dev/mailbox/{key}").get_data(as_text=True)
     assert 'value="manager@example.com"' in page and 'value="Re: Approve EXP-1001"' in page
+    assert "approval-hint" not in page  # no reply token: an ordinary message
     response = client.post(
         f"/dev/mailbox/{key}/reply",
         data={
@@ -159,3 +186,48 @@ def test_unknown_or_malformed_keys_are_404(client, login_as, sandbox_server):
     login_as("admin")
     assert client.get("/dev/mailbox/does-not-exist").status_code == 404
     assert client.get("/dev/mailbox/..%2F..%2Fetc").status_code == 404
+
+
+def test_reply_to_an_approval_request_answers_as_the_approver(
+    app, client, login_as, sandbox_server
+):
+    login_as("admin")
+    request = EmailMessage()
+    request["From"] = "Casemail <support@casemail.test>"
+    request["To"] = "Manager <manager@example.com>"
+    request["Reply-To"] = "support+tok3n@casemail.test"
+    request["Subject"] = "[EXP-1001] Approve EXP-1001: 120.50 for Travel"
+    request["Message-ID"] = "<request-1@casemail.test>"
+    request["References"] = "<first@client.example>"
+    request["X-Casemail-Token"] = "tok3n"
+    request.set_content("Reply with APPROVE or REJECT on the first line.")
+    with smtplib.SMTP("127.0.0.1", app.config["CASEMAIL_DEV_SMTP_PORT"]) as smtp:
+        smtp.send_message(request, to_addrs=["manager@example.com"])
+    sandbox = Sandbox(app.config["CASEMAIL_DEV_MAILDIR"])
+    key = sandbox.entries()[0].key
+    page = client.get(f"/dev/mailbox/{key}").get_data(as_text=True)
+    assert "approval-hint" in page
+    filled = form_data(page)
+    assert filled["from_address"] == "manager@example.com"  # the approver
+    assert filled["to_address"] == "support+tok3n@casemail.test"  # carries the reply token
+    assert filled["body"].strip().startswith("APPROVE\n\nCasemail <support@casemail.test> wrote:")
+    assert "> Reply with APPROVE or REJECT on the first line." in filled["body"]
+    response = client.post(
+        f"/dev/mailbox/{key}/reply",
+        data={
+            "from_address": "manager@example.com",
+            "to_address": "support+tok3n@casemail.test",
+            "subject": "Re: [EXP-1001] Approve EXP-1001: 120.50 for Travel",
+            "body": "APPROVE\n\n> Reply with APPROVE",
+            "csrf_token": csrf_token(client, f"/dev/mailbox/{key}"),
+        },
+    )
+    assert response.status_code == 302
+    reply = sandbox.get(sandbox.entries()[0].key)
+    assert reply.entry.recipients == ["support+tok3n@casemail.test"]
+    assert reply.message["From"] == "manager@example.com"
+    assert reply.message["In-Reply-To"] == "<request-1@casemail.test>"
+    assert reply.message["References"].split() == [
+        "<first@client.example>",
+        "<request-1@casemail.test>",
+    ]

@@ -10,13 +10,31 @@ from webapp.cases import bp
 from webapp.casetypes.definition import Definition
 from webapp.casetypes.diagram import render_svg
 from webapp.extensions import db
-from webapp.forms.cases import AttachmentForm, CaseActionForm, CommentForm, case_form_class
-from webapp.models import Case, CaseAttachment, CaseType, CaseTypeVersion, Role, User
+from webapp.forms.cases import (
+    AttachmentForm,
+    CaseActionForm,
+    CommentForm,
+    EmailForm,
+    case_form_class,
+)
+from webapp.mail.compose import reply_subject
+from webapp.models import (
+    Approval,
+    Case,
+    CaseAttachment,
+    CaseType,
+    CaseTypeVersion,
+    OutboundStatus,
+    Role,
+    User,
+)
 from webapp.models.types import utcnow
 from webapp.security import roles_required
 from webapp.services import cases as service
+from webapp.services import compose as compose_service
 from webapp.services.casetypes import published_case_types, version_definition
 from webapp.services.groups import all_groups
+from webapp.services.outbox import sending_account
 
 worker_required = roles_required(Role.WORKER)
 PER_PAGE = 25
@@ -199,8 +217,43 @@ def _render_case(case: Case, fields_form=None, status: int = 200):
         attachment_form=AttachmentForm(formdata=None),
         fields_form=fields_form,
         editable=editable,
+        mail=compose_service.case_mail(case),
+        mail_badges=MAIL_BADGES,
+        approvals=_approvals(case),
+        can_send=sending_account(case) is not None,
         now=utcnow(),
     ), status
+
+
+# Bootstrap badge classes for the states of an outgoing message.
+MAIL_BADGES = {
+    OutboundStatus.PENDING.value: "text-bg-secondary",
+    OutboundStatus.SENDING.value: "text-bg-info",
+    OutboundStatus.SENT.value: "text-bg-success",
+    OutboundStatus.FAILED.value: "text-bg-danger",
+    OutboundStatus.HELD.value: "text-bg-warning",
+    OutboundStatus.UNCERTAIN.value: "text-bg-warning",
+    OutboundStatus.CANCELLED.value: "text-bg-light",
+}
+
+
+def _approvals(case: Case) -> list[Approval]:
+    """The approval requests of the case's latest approval stage visit."""
+    latest = db.session.scalar(
+        select(Approval.stage_visit)
+        .where(Approval.case_id == case.id)
+        .order_by(Approval.stage_visit.desc())
+        .limit(1)
+    )
+    if latest is None:
+        return []
+    return list(
+        db.session.scalars(
+            select(Approval)
+            .where(Approval.case_id == case.id, Approval.stage_visit == latest)
+            .order_by(Approval.approver)
+        )
+    )
 
 
 @bp.route("/<reference>")
@@ -329,6 +382,63 @@ def download(reference: str, attachment_id: int):
     )
     response.headers["X-Content-Type-Options"] = "nosniff"
     return response
+
+
+def _render_email(case: Case, form: EmailForm, status: int = 200):
+    form.attachments.choices = [
+        (a.id, f"{a.filename} ({a.size:,} bytes)") for a in case.attachments
+    ]
+    account = sending_account(case)
+    return render_template(
+        "cases/email.html",
+        case=case,
+        form=form,
+        account=account,
+        no_account=compose_service.no_account_message(case) if account is None else "",
+        placeholders=compose_service.case_placeholders(case),
+    ), status
+
+
+@bp.route("/<reference>/email", methods=["GET", "POST"])
+@worker_required
+def email(reference: str):
+    case = _case(reference)
+    form = EmailForm()
+    if not form.is_submitted():
+        form.to.data = case.requester
+        form.subject.data = reply_subject(case.subject)
+        return _render_email(case, form)
+    if not form.validate_on_submit():
+        if form.csrf_token.errors:
+            abort(400)
+        return _render_email(case, form, 400)
+    try:
+        outbound = compose_service.send_from_case(
+            case,
+            current_user,
+            to=form.to.data or "",
+            cc=form.cc.data or "",
+            subject=form.subject.data or "",
+            body=form.body.data or "",
+            attachment_ids=form.attachments.data or [],
+        )
+    except compose_service.ComposeError as exc:
+        db.session.rollback()
+        for name, message in exc.field_errors.items():
+            field = getattr(form, name, None)
+            if field is not None:
+                field.errors = [*field.errors, message]
+        return _render_email(case, form, 400)
+    except service.CaseError as exc:
+        db.session.rollback()
+        flash(str(exc), "danger")
+        return redirect(url_for("cases.show", reference=reference))
+    db.session.commit()
+    flash(
+        f"Email to {', '.join(outbound.recipients)} queued; it goes out in a moment.",
+        "success",
+    )
+    return redirect(url_for("cases.show", reference=case.reference) + "#mail")
 
 
 @bp.route("/<reference>/diagram.svg")

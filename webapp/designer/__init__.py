@@ -4,4 +4,4 @@ from flask import Blueprint
 
 bp = Blueprint("designer", __name__, url_prefix="/case-types")
 
-from webapp.designer import from_email, views  # noqa: E402,F401
+from webapp.designer import from_email, sending, views  # noqa: E402,F401

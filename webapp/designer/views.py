@@ -13,6 +13,7 @@ from webapp.casetypes.definition import (
 from webapp.casetypes.diagram import render_svg
 from webapp.casetypes.starters import STARTERS
 from webapp.designer import bp
+from webapp.designer.sending import sending_account_form
 from webapp.extensions import db
 from webapp.forms.casetypes import (
     AddStageForm,
@@ -118,6 +119,7 @@ def show(case_type_id: int):
         field_types=FIELD_TYPE_LABELS,
         in_use=versions_in_use(case_type),
         feeding=feeding_listeners(case_type),
+        sending_form=sending_account_form(case_type),
     )
 
 

@@ -1,4 +1,5 @@
-"""Forms for cases: the fields of a case type (built from its definition), actions, comments."""
+"""Forms for cases: the fields of a case type (built from its definition), actions, comments,
+email."""
 
 from __future__ import annotations
 
@@ -12,11 +13,13 @@ from wtforms import (
     IntegerField,
     SelectChoice,
     SelectField,
+    SelectMultipleField,
     StringField,
     SubmitField,
     TextAreaField,
 )
 from wtforms.validators import DataRequired, InputRequired, Length, Optional
+from wtforms.widgets import CheckboxInput, ListWidget
 
 from webapp.casetypes.definition import Definition, FieldDef
 from webapp.forms.base import BaseForm
@@ -94,3 +97,24 @@ class CommentForm(BaseForm):
 class AttachmentForm(BaseForm):
     file = FileField("File", validators=[FileRequired("Choose a file to attach.")])
     submit = SubmitField("Attach")
+
+
+class EmailForm(BaseForm):
+    """Compose an email on the case page; the service checks addresses and placeholders."""
+
+    to = StringField(
+        "To",
+        validators=[Length(max=5000)],
+        description="One or more addresses, separated by commas.",
+    )
+    cc = StringField("Cc", validators=[Length(max=5000)], description="Optional.")
+    subject = StringField("Subject", validators=[Length(max=300)])
+    body = TextAreaField("Message", validators=[Length(max=100_000)], render_kw={"rows": 10})
+    attachments = SelectMultipleField(
+        "Attach files of the case",
+        coerce=int,
+        validate_choice=False,
+        widget=ListWidget(prefix_label=False),
+        option_widget=CheckboxInput(),
+    )
+    submit = SubmitField("Send email")

@@ -16,6 +16,7 @@ from webapp.models import (
 )
 from webapp.services import listeners as listener_service
 from webapp.services import rules as rule_service
+from webapp.services.compose import has_sender
 
 MAX_NAME = 100
 
@@ -64,7 +65,8 @@ def feeding_listeners(case_type: CaseType) -> list[EmailListener]:
 def create_cases_from_email(
     case_type: CaseType, account: EmailAccount | None, folder: str, user: User
 ) -> tuple[EmailListener, ServiceEmailRule]:
-    """Create a "create a case" rule for `case_type` and a listener on `account`/`folder`.
+    """Create a "create a case" rule for `case_type` and a listener on `account`/`folder`;
+    the account becomes the case type's sending account when it has none.
 
     Raises InstantiationError (nothing saved) when the user is not an admin, the case type is
     not published, the account has no receiver, the name is taken, or the listener or rule
@@ -125,6 +127,10 @@ def create_cases_from_email(
         raise InstantiationError(str(exc), exc.field_errors) from None
     except listener_service.ListenerError as exc:
         raise InstantiationError(str(exc), exc.errors) from None
+    if case_type.email_account_id is None and has_sender(account):
+        # Mail about these cases then goes out from the mailbox they come from.
+        case_type.email_account = account
+        db.session.flush()
     return listener, rule
 
 
