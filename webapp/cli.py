@@ -318,6 +318,9 @@ def _seed_demo_mail() -> list[str]:
                     action=RuleAction.CREATE_CASE.value,
                     case_type_id=case_type.id,
                     mappings=[dict(m) for m in DEMO_MAPPINGS],
+                    # A complete request goes straight to its approver; one missing a field
+                    # waits in Submission for a person.
+                    stage_action="submit",
                     send_ack=True,
                     ack_subject="We have your request: {{ subject }}",
                     ack_body=(
