@@ -4,25 +4,15 @@ from __future__ import annotations
 
 from playwright.sync_api import expect
 
-from tests.fixtures.app import PASSWORD
-
 DASH = "\u2013"
 
 
-def _sign_in(page, live_server, email):
-    page.goto(live_server.url + "/login")
-    page.get_by_label("Email").fill(email)
-    page.get_by_label("Password").fill(PASSWORD)
-    page.get_by_role("button", name="Sign in").click()
-    expect(page.get_by_role("heading", name=f"Welcome, {email}")).to_be_visible()
-
-
 def test_quick_form_fills_presets_and_tests_the_sender(
-    live_server, page, make_user, screenshot, smtp_server
+    sign_in, page, make_user, screenshot, smtp_server
 ):
     admin = make_user("admin", email="admin@example.com")
     server = smtp_server(auth={"desk@example.com": "desk password"})
-    _sign_in(page, live_server, admin.email)
+    sign_in(admin.email)
 
     page.get_by_role("link", name="Email accounts").click()
     expect(page.get_by_role("heading", name="No email accounts yet")).to_be_visible()
@@ -64,10 +54,10 @@ def test_quick_form_fills_presets_and_tests_the_sender(
 
 
 def test_full_editor_with_errors_then_receiver_test(
-    live_server, page, make_user, screenshot, dovecot, mailbox_user
+    live_server, page, make_user, screenshot, dovecot, mailbox_user, sign_in
 ):
     admin = make_user("admin", email="admin@example.com")
-    _sign_in(page, live_server, admin.email)
+    sign_in(admin.email)
     page.goto(live_server.url + "/admin/accounts/new/full")
 
     page.get_by_label("Account ID").fill("inbox")
@@ -117,9 +107,9 @@ def test_full_editor_with_errors_then_receiver_test(
     screenshot("editor-edit")
 
 
-def test_editor_sections_follow_the_choices(live_server, page, make_user, screenshot):
+def test_editor_sections_follow_the_choices(live_server, page, make_user, screenshot, sign_in):
     admin = make_user("admin", email="admin@example.com")
-    _sign_in(page, live_server, admin.email)
+    sign_in(admin.email)
     page.goto(live_server.url + "/admin/accounts/new/full")
     graph_option = page.locator("#sender_protocol option[value=graph]")
     expect(graph_option).to_be_disabled()
@@ -145,10 +135,10 @@ def test_editor_sections_follow_the_choices(live_server, page, make_user, screen
 
 
 def test_keystore_upload_shows_certificates_and_expiry(
-    live_server, page, make_user, screenshot, test_ca
+    live_server, page, make_user, screenshot, test_ca, sign_in
 ):
     admin = make_user("admin", email="admin@example.com")
-    _sign_in(page, live_server, admin.email)
+    sign_in(admin.email)
     page.goto(live_server.url + "/admin/accounts")
     page.get_by_role("link", name="Keystores").click()
     page.get_by_role("link", name="Upload keystore").first.click()

@@ -6,26 +6,24 @@ import re
 
 from playwright.sync_api import expect
 
-from tests.fixtures.app import PASSWORD
-
-
-def _sign_in(page, live_server, email):
-    page.goto(live_server.url + "/login")
-    page.get_by_label("Email").fill(email)
-    page.get_by_label("Password").fill(PASSWORD)
-    page.get_by_role("button", name="Sign in").click()
-    expect(page.get_by_role("heading", name=f"Welcome, {email}")).to_be_visible()
-
 
 def test_admin_creates_cases_from_email(
-    live_server, page, make_user, screenshot, dovecot, mailbox_user, mailbox_account, make_case_type
+    live_server,
+    page,
+    make_user,
+    screenshot,
+    dovecot,
+    mailbox_user,
+    mailbox_account,
+    make_case_type,
+    sign_in,
 ):
     admin = make_user("admin", email="admin@example.com")
     designer = make_user("designer", email="designer@example.com")
     dovecot.create_folder(mailbox_user.login, "Claims")
     mailbox_account(account_id="claims")
     make_case_type()
-    _sign_in(page, live_server, admin.email)
+    sign_in(admin.email)
 
     page.goto(live_server.url + "/case-types/")
     page.get_by_role("link", name="Expense approval").first.click()
@@ -44,7 +42,7 @@ def test_admin_creates_cases_from_email(
 
     page.goto(live_server.url + "/logout")
     page.context.clear_cookies()
-    _sign_in(page, live_server, designer.email)
+    sign_in(designer.email)
     page.goto(live_server.url + "/case-types/")
     page.get_by_role("link", name="Expense approval").first.click()
     expect(page.get_by_role("button", name="Create cases from email")).to_be_disabled()

@@ -4,20 +4,11 @@ from __future__ import annotations
 
 from playwright.sync_api import expect
 
-from tests.fixtures.app import PASSWORD
 from tests.fixtures.listeners import make_raw
 
 
-def _sign_in(page, live_server, email):
-    page.goto(live_server.url + "/login")
-    page.get_by_label("Email").fill(email)
-    page.get_by_label("Password").fill(PASSWORD)
-    page.get_by_role("button", name="Sign in").click()
-    expect(page.get_by_role("heading", name=f"Welcome, {email}")).to_be_visible()
-
-
 def test_admin_creates_a_listener_and_polls_it(
-    live_server,
+    sign_in,
     page,
     make_user,
     screenshot,
@@ -41,7 +32,7 @@ def test_admin_creates_a_listener_and_polls_it(
         receiver_password="wrong",
     )
     make_listener(broken, name="Legacy inbox")
-    _sign_in(page, live_server, admin.email)
+    sign_in(admin.email)
 
     page.get_by_role("link", name="Listeners").click()
     page.get_by_role("link", name="New listener").click()

@@ -10,7 +10,6 @@ from tests.integration.test_outbox import queue, row, send
 from workers.queues import OUTBOUND
 from workers.worker import run_worker
 
-scripted_smtp = base.scripted_smtp
 smtp_account = base.smtp_account
 
 

@@ -5,22 +5,26 @@ from __future__ import annotations
 
 import contextlib
 import threading
+from collections.abc import Callable
 from datetime import timedelta
+from typing import Any
 
 import pytest
 from sqlalchemy import select
 
 from tests.fixtures.app import both_databases
-from tests.support.replies import (
-    MANAGER,
-    REQUESTER,
-    Desk,
-    approval_definition,
-    set_up_desk,
-)
+from tests.support.approvals import MANAGER, REQUESTER, approval_draft
+from tests.support.replies import Desk, Request, set_up_desk
 from webapp.config import ConfigError, load_config
 from webapp.extensions import db
-from webapp.models import Approval, EmailListener, OutboundKind, User
+from webapp.models import (
+    Approval,
+    CaseEvent,
+    EmailListener,
+    OutboundKind,
+    OutboundMessage,
+    User,
+)
 from webapp.models.types import utcnow
 from webapp.services import approvals as approval_service
 from webapp.services import cases as case_service
@@ -34,6 +38,29 @@ OTHER = "other.approver@example.com"
 @pytest.fixture
 def desk(app, make_account, make_case_type) -> Desk:
     return set_up_desk(app, make_account, make_case_type)
+
+
+@pytest.fixture
+def make_desk(app, make_account, make_case_type) -> Callable[..., Desk]:
+    """Factory: make_desk(**options) sets up a desk for approval_draft(**options)."""
+
+    def make(**options: Any) -> Desk:
+        return set_up_desk(app, make_account, make_case_type, definition=approval_draft(**options))
+
+    return make
+
+
+def _refused_reply(desk: Desk, first_line: str) -> tuple[str, Request, CaseEvent, OutboundMessage]:
+    """Reply `first_line` to a new case's request, which decides nothing; (case reference, the
+    request, the refusal on the timeline, the answer to the approver)."""
+    reference = desk.open_case()
+    request = desk.request(reference)
+    desk.ingest(desk.reply(request, first_line))
+    assert desk.case(reference).stage == "manager_approval"
+    assert desk.approvals(reference)[MANAGER].status == "pending"
+    [refused] = desk.events(reference, "refused")
+    [answer] = desk.answers(reference)
+    return reference, request, refused, answer
 
 
 def _decided_by(desk: Desk, reference: str) -> list[str]:
@@ -98,17 +125,10 @@ def test_approve_by_reply_moves_the_case_and_confirms(desk):
 
 @both_databases
 def test_reject_needs_a_reason_when_the_stage_says_so(desk):
-    reference = desk.open_case()
-    request = desk.request(reference)
+    reference, request, refused, answer = _refused_reply(desk, "REJECT")
 
-    desk.ingest(desk.reply(request, "REJECT"))
-
-    assert desk.case(reference).stage == "manager_approval"
-    assert desk.approvals(reference)[MANAGER].status == "pending"
-    [refused] = desk.events(reference, "refused")
     assert refused.comment == "A rejection needs a reason, and the reply gave none."
     assert refused.actor == MANAGER and refused.channel == "email"
-    [answer] = desk.answers(reference)
     assert "a rejection needs a reason" in answer.body
 
     desk.ingest(desk.reply(request, "Rejected: no receipt attached."))
@@ -121,10 +141,8 @@ def test_reject_needs_a_reason_when_the_stage_says_so(desk):
 
 
 @both_databases
-def test_reject_without_reason_is_applied_when_none_is_required(app, make_account, make_case_type):
-    desk = set_up_desk(
-        app, make_account, make_case_type, definition=approval_definition(reason_required=False)
-    )
+def test_reject_without_reason_is_applied_when_none_is_required(make_desk):
+    desk = make_desk(reason_required=False)
     reference = desk.open_case()
     assert "A comment is optional." in desk.request(reference).body
 
@@ -257,28 +275,17 @@ def test_an_auto_reply_to_the_request_is_ignored_and_leaves_it_pending(desk):
 
 @both_databases
 def test_a_reply_without_a_decision_word_gets_the_instructions(desk):
-    reference = desk.open_case()
-    request = desk.request(reference)
+    _, _, refused, answer = _refused_reply(desk, "Can you send me the receipt first?")
 
-    desk.ingest(desk.reply(request, "Can you send me the receipt first?"))
-
-    assert desk.case(reference).stage == "manager_approval"
-    assert desk.approvals(reference)[MANAGER].status == "pending"
-    [answer] = desk.answers(reference)
     assert "could not be understood" in answer.body
     assert 'began with: "Can you send me the receipt first?"' in answer.body
     assert "Reply with APPROVE or REJECT on the first line" in answer.body
-    assert "neither APPROVE nor REJECT" in desk.events(reference, "refused")[0].comment
+    assert "neither APPROVE nor REJECT" in refused.comment
 
 
 @both_databases
-def test_all_approvers_mode_waits_for_everyone(app, make_account, make_case_type):
-    desk = set_up_desk(
-        app,
-        make_account,
-        make_case_type,
-        definition=approval_definition(mode="all", approvers=[MANAGER, OTHER]),
-    )
+def test_all_approvers_mode_waits_for_everyone(make_desk):
+    desk = make_desk(mode="all", approvers=[MANAGER, OTHER])
     reference = desk.open_case()
     assert "Every approver asked must approve" in desk.request(reference, MANAGER).body
 
@@ -297,16 +304,9 @@ def test_all_approvers_mode_waits_for_everyone(app, make_account, make_case_type
 
 
 @both_databases
-def test_an_admin_asked_as_approver_decides_only_their_part_by_email(
-    app, make_account, make_case_type, make_user
-):
+def test_an_admin_asked_as_approver_decides_only_their_part_by_email(make_desk, make_user):
     make_user("admin", email=MANAGER)
-    desk = set_up_desk(
-        app,
-        make_account,
-        make_case_type,
-        definition=approval_definition(mode="all", approvers=[MANAGER, OTHER]),
-    )
+    desk = make_desk(mode="all", approvers=[MANAGER, OTHER])
     reference = desk.open_case()
 
     desk.ingest(desk.reply(desk.request(reference, MANAGER), "APPROVE"))
@@ -317,15 +317,8 @@ def test_an_admin_asked_as_approver_decides_only_their_part_by_email(
 
 
 @both_databases
-def test_two_approvers_answering_at_once_make_one_transition(
-    app, make_account, make_case_type, monkeypatch
-):
-    desk = set_up_desk(
-        app,
-        make_account,
-        make_case_type,
-        definition=approval_definition(mode="any", approvers=[MANAGER, OTHER]),
-    )
+def test_two_approvers_answering_at_once_make_one_transition(app, make_desk, monkeypatch):
+    desk = make_desk(mode="any", approvers=[MANAGER, OTHER])
     reference = desk.open_case()
     stored = [
         desk.store(desk.reply(desk.request(reference, MANAGER), "APPROVE")),

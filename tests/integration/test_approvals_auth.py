@@ -4,18 +4,17 @@ header of a trusted receiving server. And the two settings on the account editor
 
 from __future__ import annotations
 
-import base64
 from pathlib import Path
 
 import dkim
 import pytest
-from cryptography.hazmat.primitives import serialization
-from cryptography.hazmat.primitives.asymmetric import rsa
 from sqlalchemy import select
 
 from tests.fixtures.app import both_databases, csrf_token
 from tests.integration.test_accounts import FULL, _full_fields
-from tests.support.replies import MANAGER, Desk, set_up_desk
+from tests.support.approvals import MANAGER
+from tests.support.dkim import new_dkim_key
+from tests.support.replies import Desk, set_up_desk
 from webapp.extensions import db
 from webapp.models import EmailAccount
 
@@ -25,16 +24,8 @@ TRUSTED = "mx.casemail.test"
 @pytest.fixture(scope="module")
 def dkim_key() -> tuple[bytes, str]:
     """(private key PEM, the public key's TXT record)."""
-    key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
-    pem = key.private_bytes(
-        serialization.Encoding.PEM,
-        serialization.PrivateFormat.TraditionalOpenSSL,
-        serialization.NoEncryption(),
-    )
-    public = key.public_key().public_bytes(
-        serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo
-    )
-    return pem, "v=DKIM1; k=rsa; p=" + base64.b64encode(public).decode()
+    pem, record = new_dkim_key()
+    return pem, record.decode()
 
 
 @pytest.fixture

@@ -3,10 +3,13 @@ sending account."""
 
 from __future__ import annotations
 
+import hashlib
 import io
 import re
 from datetime import timedelta
+from typing import Any
 
+import pytest
 from sqlalchemy import select
 
 from tests.fixtures.app import both_databases, csrf_token
@@ -34,6 +37,29 @@ def _with_account(app, make_account, type_id: int, email: str = "support@example
         case_type.email_account_id = account_id
         db.session.commit()
     return account_id
+
+
+def _approval(case: Case, approver: str, **values: Any) -> Approval:
+    """A request to `approver` in the case's current stage visit (pending unless `values`
+    say otherwise)."""
+    return Approval(
+        case_id=case.id,
+        approver=approver,
+        stage="manager_approval",
+        stage_visit=case.stage_visit,
+        version_id=case.version_id,
+        token_hash=hashlib.sha256(approver.encode()).hexdigest(),
+        expires_at=utcnow() + timedelta(days=3),
+        **values,
+    )
+
+
+@pytest.fixture
+def sendable_case(app, make_account, make_case_type, make_case) -> str:
+    """A case whose case type sends from an account; its reference."""
+    type_id = make_case_type()
+    _with_account(app, make_account, type_id)
+    return make_case(type_id)
 
 
 def _post(client, reference: str, **values):
@@ -121,11 +147,9 @@ def test_compose_queues_one_message_with_attachments_and_a_timeline_event(
 
 
 def test_bad_addresses_header_injection_and_placeholders_are_refused_beside_the_fields(
-    app, client, login_as, make_case_type, make_case, make_account
+    app, client, login_as, sendable_case
 ):
-    type_id = make_case_type()
-    _with_account(app, make_account, type_id)
-    reference = make_case(type_id)
+    reference = sendable_case
     login_as("worker")
 
     cases = [
@@ -209,11 +233,9 @@ def test_without_a_sending_account_the_form_explains_how_to_set_one(
 
 
 def test_only_workers_and_admins_compose_and_csrf_is_required(
-    app, client, login_as, make_case_type, make_case, make_account, auth
+    app, client, login_as, sendable_case, auth
 ):
-    type_id = make_case_type()
-    _with_account(app, make_account, type_id)
-    reference = make_case(type_id)
+    reference = sendable_case
     designer = login_as("designer")
     assert client.get(f"/cases/{reference}/email").status_code == 403
     token = csrf_token(client, "/account")
@@ -237,11 +259,9 @@ def test_only_workers_and_admins_compose_and_csrf_is_required(
 
 
 def test_case_page_shows_a_failed_messages_server_answer_and_the_approvals(
-    app, client, login_as, make_case_type, make_case, make_account
+    app, client, login_as, sendable_case
 ):
-    type_id = make_case_type()
-    _with_account(app, make_account, type_id)
-    reference = make_case(type_id)
+    reference = sendable_case
     login_as("worker")
     _post(client, reference, to="nobody@example.com", subject="Lost")
     with app.app_context():
@@ -249,31 +269,17 @@ def test_case_page_shows_a_failed_messages_server_answer_and_the_approvals(
         message.status = OutboundStatus.FAILED.value
         message.last_error = "550 5.1.1 <nobody@example.com>: Recipient address rejected"
         case = db.session.scalar(select(Case).where(Case.reference == reference))
-        now = utcnow()
         db.session.add_all(
             [
-                Approval(
-                    case_id=case.id,
-                    approver="manager@example.com",
-                    stage="manager_approval",
-                    stage_visit=case.stage_visit,
-                    version_id=case.version_id,
-                    token_hash="a" * 64,
-                    expires_at=now + timedelta(days=3),
+                _approval(
+                    case,
+                    "manager@example.com",
                     status="approved",
-                    used_at=now,
+                    used_at=utcnow(),
                     decided_via="email",
                     comment="Fine by me",
                 ),
-                Approval(
-                    case_id=case.id,
-                    approver="deputy@example.com",
-                    stage="manager_approval",
-                    stage_visit=case.stage_visit,
-                    version_id=case.version_id,
-                    token_hash="b" * 64,
-                    expires_at=now + timedelta(days=3),
-                ),
+                _approval(case, "deputy@example.com"),
                 CaseEvent(
                     case_id=case.id,
                     kind="refused",

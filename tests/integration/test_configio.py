@@ -466,6 +466,38 @@ def test_a_bad_mail_configuration_names_every_problem_and_saves_nothing(
     assert "smtp_port" not in result.output.split("accounts[1]")[0]  # accounts[0] is fine
 
 
+def test_every_mail_section_names_items_given_twice_without_a_name_or_not_as_a_mapping(
+    app, runner, tmp_path, monkeypatch
+):
+    monkeypatch.setenv("SUPPORT_MAILBOX_PASSWORD", "pw")
+    data = yaml.safe_load(MAIL_EXAMPLE.read_text())
+    expected = []
+    for section, key, noun, shape in (
+        ("accounts", "account_id", "account an ID", "account_id, name and the settings"),
+        ("rules", "name", "rule a name", "name, action and case_type"),
+        ("channels", "name", "channel a name", "name, mode, default and routes"),
+        ("listeners", "name", "listener a name", "name, account and folder"),
+    ):
+        items = data[section]
+        first = items[0]
+        expected += [
+            f"{section}[{len(items)}].{key}: {first[key]!r} appears twice in the file.",
+            f"{section}[{len(items) + 1}].{key}: give the {noun}.",
+            f"{section}[{len(items) + 2}]: must be a mapping with {shape}.",
+        ]
+        items += [dict(first), {k: v for k, v in first.items() if k != key}, "not a mapping"]
+    path = tmp_path / "twice.yaml"
+    path.write_text(yaml.safe_dump(data, sort_keys=False))
+
+    result = runner.invoke(args=["config", "import", str(path)])
+
+    assert result.exit_code == 1
+    lines = [line.removeprefix(f"{path}: ") for line in result.output.splitlines()[1:]]
+    for line in expected:
+        assert line in lines, (line, lines)
+    assert set(_counts(app).values()) == {0}
+
+
 def test_channel_routes_are_edited_in_place_by_the_file(app, runner, tmp_path, monkeypatch):
     monkeypatch.setenv("SUPPORT_MAILBOX_PASSWORD", "pw")
     runner.invoke(args=["config", "import", str(MAIL_EXAMPLE)])

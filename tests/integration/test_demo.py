@@ -2,12 +2,10 @@
 
 from __future__ import annotations
 
-import pytest
 from sqlalchemy import func, select
 
 from tests.fixtures.app import csrf_token
 from tests.fixtures.cases import form_data
-from tests.support.ports import free_port
 from webapp.extensions import db
 from webapp.mail.sandbox import Sandbox
 from webapp.models import (
@@ -20,18 +18,8 @@ from webapp.models import (
     OutboundMessage,
     ServiceEmailRule,
 )
-from workers.devmail import build_controller
 from workers.queues import INBOUND
 from workers.worker import run_worker
-
-
-@pytest.fixture
-def sandbox_server(app):
-    app.config["CASEMAIL_DEV_SMTP_PORT"] = free_port()
-    controller = build_controller(app)
-    controller.start()
-    yield controller
-    controller.stop()
 
 
 def _counts(app) -> list[int]:

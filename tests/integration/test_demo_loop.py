@@ -3,32 +3,33 @@ email, case, approval request on /dev/mailbox, reply APPROVE, the case moves, co
 
 from __future__ import annotations
 
-import pytest
 from sqlalchemy import func, select
 
 from tests.fixtures.app import both_databases, csrf_token
 from tests.fixtures.cases import form_data
-from tests.support.ports import free_port
 from webapp.extensions import db
 from webapp.mail.sandbox import Sandbox, SandboxEntry
 from webapp.models import Approval, Case, OutboundMessage
-from workers.devmail import build_controller
 from workers.queues import ALL_QUEUES
 from workers.worker import run_worker
-
-
-@pytest.fixture
-def sandbox_server(app):
-    app.config["CASEMAIL_DEV_SMTP_PORT"] = free_port()
-    controller = build_controller(app)
-    controller.start()
-    yield controller
-    controller.stop()
 
 
 def _work(app) -> None:
     """What `make run`'s worker does, until the queues are empty."""
     assert run_worker(app, ALL_QUEUES, burst=True) is True
+
+
+def _seed_and_send_the_request(app, client, runner, login_as) -> Sandbox:
+    """`flask demo seed`, then an admin sends the request the mailbox page's Send form has
+    ready, and the worker runs; the sandbox."""
+    assert runner.invoke(args=["demo", "seed"]).exit_code == 0
+    login_as("admin")
+    page = client.get("/dev/mailbox").get_data(as_text=True)
+    request = form_data(page[page.index('action="/dev/mailbox/send"') :])
+    token = csrf_token(client, "/dev/mailbox")
+    assert client.post("/dev/mailbox/send", data={**request, "csrf_token": token}).status_code
+    _work(app)
+    return Sandbox(app.config["CASEMAIL_DEV_MAILDIR"])
 
 
 def _newest_to(sandbox: Sandbox, address: str, subject_part: str) -> SandboxEntry:
@@ -41,29 +42,15 @@ def _newest_to(sandbox: Sandbox, address: str, subject_part: str) -> SandboxEntr
 def test_request_approval_by_reply_and_confirmation_through_the_sandbox(
     app, client, runner, login_as, sandbox_server
 ):
-    assert runner.invoke(args=["demo", "seed"]).exit_code == 0
-    sandbox = Sandbox(app.config["CASEMAIL_DEV_MAILDIR"])
-    login_as("admin")
-
     # 1. The requester's email, as the mailbox page's Send form has it.
-    page = client.get("/dev/mailbox").get_data(as_text=True)
-    request = form_data(page[page.index('action="/dev/mailbox/send"') :])
-    token = csrf_token(client, "/dev/mailbox")
-    assert client.post("/dev/mailbox/send", data={**request, "csrf_token": token}).status_code
-    _work(app)
+    sandbox = _seed_and_send_the_request(app, client, runner, login_as)
     _newest_to(sandbox, "requester@example.com", "We have your request")
 
-    # 2. The case waits in Submission; a worker submits it for approval.
+    # 2. Nobody touches the case: the demo rule submits a complete request for approval.
     with app.app_context():
         case = db.session.scalar(select(Case))
-        assert case is not None and case.stage == "submission"
-        version = case.row_version
-    response = client.post(
-        "/cases/EXP-1001/actions/submit",
-        data={"csrf_token": csrf_token(client, "/cases/EXP-1001"), "row_version": version},
-    )
-    assert response.status_code == 302
-    _work(app)
+        assert case is not None and case.stage == "manager_approval"
+        assert [e.action for e in case.events][:3] == ["Created", "Email in", "Submit"]
 
     # 3. The approval request reached the manager's inbox in the sandbox.
     entry = _newest_to(sandbox, "manager@example.com", "EXP-1001")
@@ -100,15 +87,7 @@ def test_request_approval_by_reply_and_confirmation_through_the_sandbox(
 def test_a_reply_to_mail_sent_from_the_case_page_joins_the_case(
     app, client, runner, login_as, sandbox_server
 ):
-    assert runner.invoke(args=["demo", "seed"]).exit_code == 0
-    sandbox = Sandbox(app.config["CASEMAIL_DEV_MAILDIR"])
-    login_as("admin")
-    page = client.get("/dev/mailbox").get_data(as_text=True)
-    request = form_data(page[page.index('action="/dev/mailbox/send"') :])
-    client.post(
-        "/dev/mailbox/send", data={**request, "csrf_token": csrf_token(client, "/dev/mailbox")}
-    )
-    _work(app)
+    sandbox = _seed_and_send_the_request(app, client, runner, login_as)
 
     response = client.post(
         "/cases/EXP-1001/email",

@@ -5,7 +5,6 @@ from __future__ import annotations
 import smtplib
 from email.message import EmailMessage
 
-import pytest
 from sqlalchemy import select
 
 from tests.fixtures.app import csrf_token
@@ -14,16 +13,6 @@ from tests.support.ports import free_port
 from webapp.extensions import db
 from webapp.mail.sandbox import Sandbox
 from webapp.models import InboundMessage
-from workers.devmail import build_controller
-
-
-@pytest.fixture
-def sandbox_server(app):
-    app.config["CASEMAIL_DEV_SMTP_PORT"] = free_port()
-    controller = build_controller(app)
-    controller.start()
-    yield controller
-    controller.stop()
 
 
 def _send(app, sender: str, to: str, subject: str, body: str = "Hello", html: str | None = None):

@@ -3,8 +3,6 @@ immutable ids, and after-processing seen on the server."""
 
 from __future__ import annotations
 
-import time
-
 import pytest
 from sqlalchemy import select
 
@@ -14,37 +12,20 @@ from tests.integration.test_listeners import _fields, _post
 from tests.integration.test_receiving import Batches, run, stored
 from webapp.extensions import db
 from webapp.models import EmailAccount, EmailListener
-from webapp.services.auth_profiles import save_profile
 from webapp.services.receiving import server_folders
 
 UPN = "support@contoso.example"
 
 
 @pytest.fixture
-def graph_account(app, graph_server, test_ca_truststore, make_account):
+def graph_account(graph_server, graph_profile, make_account):
     """An Office 365 account receiving with Graph from the local server, as the lead would."""
-    graph_server.add_client("app-1", "s3cret")
     graph_server.add_mailbox(UPN, ["Inbox", "Archive", "Sent Items"])
-    with app.app_context():
-        profile = save_profile(
-            None,
-            {
-                "name": f"Contoso {time.monotonic_ns()}",
-                "grant": "client_credentials",
-                "authority": graph_server.authority,
-                "graph_url": graph_server.base_url,
-                "client_id": "app-1",
-                "truststore_id": test_ca_truststore,
-            },
-            {"client_secret": "s3cret"},
-        )
-        db.session.commit()
-        profile_id = profile.id
     return make_account(
         provider="office365",
         receiver_protocol="graph",
         graph_receiver_upn=UPN,
-        receiver_auth_profile_id=profile_id,
+        receiver_auth_profile_id=graph_profile(),
     )
 
 

@@ -4,7 +4,6 @@ failures on the case, crashes left "uncertain", and two senders given the same m
 from __future__ import annotations
 
 import threading
-from collections.abc import Iterator
 from datetime import timedelta
 from typing import Any
 
@@ -13,7 +12,6 @@ from rq import Queue
 from sqlalchemy import select, update
 
 from tests.fixtures.app import both_databases
-from tests.fixtures.smtp import CapturedMessage, _Controller
 from webapp.extensions import db, get_redis
 from webapp.mail.correlate import new_reply_token
 from webapp.models import (
@@ -34,79 +32,6 @@ from workers.queues import OUTBOUND
 from workers.worker import run_worker
 
 DISPLAY_NAME = "Casemail Approvals"
-
-
-class ScriptedSmtp:
-    """An aiosmtpd handler that records messages and answers as a test scripts it: a DATA
-    answer for the next messages, a refusal for a recipient."""
-
-    def __init__(self) -> None:
-        self.changed = threading.Condition()
-        self.captured: list[CapturedMessage] = []
-        self.data_answers: list[str] = []
-        self.refused: dict[str, str] = {}
-        self.connections = 0  # EHLO greetings: one per plain connection
-        self.host = "127.0.0.1"
-        self.port = 0
-        self.security = "none"
-
-    def answer_next(self, answer: str) -> None:
-        self.data_answers.append(answer)
-
-    def refuse_recipient(self, address: str, answer: str) -> None:
-        self.refused[address] = answer
-
-    @property
-    def messages(self) -> list[CapturedMessage]:
-        with self.changed:
-            return list(self.captured)
-
-    def wait_for(self, count: int, timeout: float = 10.0) -> list[CapturedMessage]:
-        with self.changed:
-            if not self.changed.wait_for(lambda: len(self.captured) >= count, timeout):
-                raise AssertionError(f"expected {count} messages, got {len(self.captured)}")
-            return list(self.captured)
-
-    def note_auth(self, mechanism: str) -> None:
-        pass
-
-    async def handle_EHLO(self, server, session, envelope, hostname, responses):
-        session.host_name = hostname
-        with self.changed:
-            self.connections += 1
-        return [line for line in responses if line.rstrip() != "250-AUTH"]
-
-    async def handle_RCPT(self, server, session, envelope, address, rcpt_options):
-        if address in self.refused:
-            return self.refused[address]
-        envelope.rcpt_tos.append(address)
-        return "250 2.1.5 OK"
-
-    async def handle_DATA(self, server, session, envelope):
-        with self.changed:
-            if self.data_answers:
-                return self.data_answers.pop(0)
-            self.captured.append(
-                CapturedMessage(
-                    mail_from=envelope.mail_from or "",
-                    rcpt_tos=list(envelope.rcpt_tos),
-                    raw=envelope.original_content or b"",
-                    auth_login=None,
-                    tls=False,
-                )
-            )
-            self.changed.notify_all()
-        return "250 2.0.0 OK"
-
-
-@pytest.fixture
-def scripted_smtp() -> Iterator[ScriptedSmtp]:
-    handler = ScriptedSmtp()
-    controller = _Controller(handler, xoauth2_tokens={}, require_auth=False)
-    controller.start()
-    handler.port = controller.port
-    yield handler
-    controller.stop()
 
 
 @pytest.fixture

@@ -19,7 +19,6 @@ from workers.queues import OUTBOUND
 from workers.worker import run_worker
 
 # The scripted SMTP server and its account, shared with the sending tests.
-scripted_smtp = base.scripted_smtp
 smtp_account = base.smtp_account
 
 

@@ -17,12 +17,11 @@ from tests.integration.test_outbox import queue, row, send, set_row
 from tests.unit.test_sign import _ca, _signer
 from webapp.extensions import db
 from webapp.mail.correlate import new_reply_token
-from webapp.models import CaseAttachment, EmailAccount, OutboundKind
+from webapp.models import AuthProfile, CaseAttachment, EmailAccount, OutboundKind
 from webapp.services import cases as case_service
-from webapp.services.auth_profiles import profile_token, save_profile
+from webapp.services.auth_profiles import profile_token
 from webapp.services.keystores import create_keystore
 
-scripted_smtp = base.scripted_smtp
 smtp_account = base.smtp_account
 
 SENDER = "approvals@example.com"
@@ -179,23 +178,7 @@ def test_chosen_attachments_only(app, smtp_account, make_case_type, make_case):
 
 
 @pytest.fixture
-def graph_account(app, graph_server, test_ca_truststore, make_account):
-    graph_server.add_client("app-1", "s3cret")
-    with app.app_context():
-        profile = save_profile(
-            None,
-            {
-                "name": f"Contoso {time.monotonic_ns()}",
-                "grant": "client_credentials",
-                "authority": graph_server.authority,
-                "graph_url": graph_server.base_url,
-                "client_id": "app-1",
-                "truststore_id": test_ca_truststore,
-            },
-            {"client_secret": "s3cret"},
-        )
-        db.session.commit()
-        profile_id = profile.id
+def graph_account(graph_profile, make_account):
     return make_account(
         provider="office365",
         sender_protocol="graph",
@@ -203,7 +186,7 @@ def graph_account(app, graph_server, test_ca_truststore, make_account):
         smtp_email=UPN,
         smtp_display_name="Contoso Approvals",
         graph_sender_reply_to="replies@contoso.example",
-        sender_auth_profile_id=profile_id,
+        sender_auth_profile_id=graph_profile(),
     )
 
 
@@ -252,25 +235,12 @@ def test_graph_refusal_is_permanent(app, graph_server, graph_account):
 
 
 def test_smtp_with_xoauth2_sends_with_the_profile_token(
-    app, graph_server, smtp_server, make_account, test_ca_truststore
+    app, smtp_server, make_account, graph_profile
 ):
-    graph_server.add_client("app-1", "s3cret")
+    profile_id = graph_profile("Google-like")
     with app.app_context():
-        profile = save_profile(
-            None,
-            {
-                "name": "Google-like",
-                "grant": "client_credentials",
-                "authority": graph_server.authority,
-                "graph_url": graph_server.base_url,
-                "client_id": "app-1",
-                "truststore_id": test_ca_truststore,
-            },
-            {"client_secret": "s3cret"},
-        )
-        db.session.commit()
+        profile = db.session.get(AuthProfile, profile_id)
         token = profile_token(profile).access_token  # cached: the sender gets the same one
-        profile_id = profile.id
     server = smtp_server(
         xoauth2_tokens={"sender@example.com": token}, mechanisms=["XOAUTH2"], require_auth=True
     )

@@ -6,7 +6,7 @@ from __future__ import annotations
 import re
 import time
 import uuid
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from email import policy
 from email.message import EmailMessage
@@ -39,9 +39,11 @@ def approval_draft(
     approvers: Sequence[str] = (),
     mode: str = "any",
     reason_required: bool = True,
+    copy_requester: bool = False,
 ) -> dict[str, Any]:
     """A case type whose first stage asks for approval: by the manager named in the request,
-    or by fixed `approvers`; approving moves it to Payment, rejecting resolves it."""
+    or by fixed `approvers` (and tells the requester too with `copy_requester`); approving
+    moves it to Payment, rejecting resolves it."""
     approval: dict[str, Any] = {
         "key": "manager_approval",
         "name": "Manager approval",
@@ -51,7 +53,7 @@ def approval_draft(
         "reason_required": reason_required,
         "notifications": [
             {
-                "recipients": ["approvers"],
+                "recipients": ["approvers", "requester"] if copy_requester else ["approvers"],
                 "subject": "Approve {{ case_id }}: {{ amount }} for {{ category }}",
                 "body": "{{ requester }} asks you to approve {{ amount }} ({{ category }}).",
             }
@@ -137,28 +139,51 @@ def reply_to(
     """A reply to a captured message as a mail program writes it: to its Reply-To, "Re:"
     subject, In-Reply-To / References, the new text on top and the original quoted below."""
     original = captured.parsed
-    msg = EmailMessage(policy=policy.SMTP)
-    msg["From"] = formataddr(("The Manager", sender))
-    to = original.get("Reply-To") or original.get("From")
-    msg["To"] = str(to)
     if subject is None:
         subject = str(original.get("Subject", ""))
         subject = subject if subject.lower().startswith("re:") else f"Re: {subject}"
+    return reply_message(
+        first_line,
+        from_header=formataddr(("The Manager", sender)),
+        to=str(original.get("Reply-To") or original.get("From")),
+        subject=subject,
+        answered=str(original.get("Message-ID", "")).strip(),
+        references=str(original.get("References", "")).split(),
+        headers=(extra_headers or {}).items(),
+        attribution=(
+            f"Sent from my phone\n\nOn {original.get('Date')}, {original.get('From')} wrote:"
+        ),
+        quoted=text_of(captured),
+    )
+
+
+def reply_message(
+    first_line: str,
+    *,
+    from_header: str,
+    to: str,
+    subject: str,
+    answered: str,
+    references: Sequence[str] = (),
+    headers: Iterable[tuple[str, str]] = (),
+    attribution: str,
+    quoted: str,
+) -> bytes:
+    """A reply as a mail program writes it: In-Reply-To / References the `answered`
+    Message-ID, the new text on top, then `attribution` and the original text quoted."""
+    msg = EmailMessage(policy=policy.SMTP)
+    msg["From"] = from_header
+    msg["To"] = to
     msg["Subject"] = subject
     msg["Message-ID"] = make_msgid(domain="example.com")
     msg["Date"] = formatdate(localtime=False)
-    answered = str(original.get("Message-ID", "")).strip()
-    references = str(original.get("References", "")).split()
     if answered:
         msg["In-Reply-To"] = answered
         msg["References"] = " ".join([*references, answered])
-    for name, value in (extra_headers or {}).items():
+    for name, value in headers:
         msg[name] = value
-    quoted = "\n".join(f"> {line}" for line in text_of(captured).splitlines())
-    msg.set_content(
-        f"{first_line}\n\nSent from my phone\n\n"
-        f"On {original.get('Date')}, {original.get('From')} wrote:\n{quoted}\n"
-    )
+    lines = "\n".join(f"> {line}" for line in quoted.splitlines())
+    msg.set_content(f"{first_line}\n\n{attribution}\n{lines}\n")
     return msg.as_bytes()
 
 

@@ -6,14 +6,19 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
-from email import policy
-from email.message import EmailMessage
-from email.utils import formataddr, formatdate, make_msgid
+from email.utils import formataddr
 from typing import Any
 
 from flask import Flask
 from sqlalchemy import select
 
+from tests.support.approvals import (
+    MAILBOX_ADDRESS,
+    MANAGER,
+    REQUESTER,
+    approval_draft,
+    reply_message,
+)
 from webapp.extensions import db
 from webapp.mail.correlate import plus_address
 from webapp.models import (
@@ -30,62 +35,6 @@ from webapp.secretbox import get_secretbox
 from webapp.services import cases as case_service
 from webapp.services.ingest import ingest_message
 from webapp.services.intake import store_for_listener
-
-MAILBOX = "expenses@example.com"
-MANAGER = "manager@example.com"
-REQUESTER = "alice@customer.example"
-
-
-def approval_definition(
-    *, mode: str = "any", approvers: Sequence[str] = (), reason_required: bool = True
-) -> dict[str, Any]:
-    """A case type that starts in an approval stage (the manager named in the case, or fixed
-    `approvers`), then Payment; rejecting resolves it as rejected."""
-    stage: dict[str, Any] = {
-        "key": "manager_approval",
-        "name": "Manager approval",
-        "kind": "approval",
-        "approval_mode": mode,
-        "reject_to": "rejected",
-        "reason_required": reason_required,
-        "notifications": [
-            {
-                "recipients": ["approvers", "requester"],
-                "subject": "Approve {{ case_id }}: {{ amount }} for {{ category }}",
-                "body": "{{ requester }} asks you to approve {{ amount }} ({{ category }}).",
-            }
-        ],
-    }
-    if approvers:
-        stage.update(approver_source="addresses", approvers=list(approvers))
-    else:
-        stage.update(approver_source="field", approver_field="manager_email")
-    return {
-        "fields": [
-            {"name": "amount", "label": "Amount", "type": "money", "required": True},
-            {
-                "name": "category",
-                "label": "Category",
-                "type": "choice",
-                "required": True,
-                "options": ["Travel", "Meals", "Other"],
-            },
-            {"name": "manager_email", "label": "Manager's email", "type": "email"},
-        ],
-        "stages": [
-            stage,
-            {
-                "key": "payment",
-                "name": "Payment",
-                "kind": "work",
-                "assignee_kind": "role",
-                "assignee": "worker",
-                "actions": [{"name": "Mark paid", "to": "completed"}],
-            },
-            {"key": "completed", "name": "Paid", "kind": "resolution", "resolution": "completed"},
-            {"key": "rejected", "name": "Rejected", "kind": "resolution", "resolution": "rejected"},
-        ],
-    }
 
 
 @dataclass(frozen=True)
@@ -146,19 +95,16 @@ class Desk:
     ) -> bytes:
         """A reply to `request` as a mail program writes it: to the token's Reply-To, the new
         text on top and the request quoted below."""
-        msg = EmailMessage(policy=policy.SMTP)
-        msg["From"] = from_header or formataddr(("The Approver", sender))
-        msg["To"] = plus_address(MAILBOX, request.token)
-        msg["Subject"] = f"Re: {request.subject}"
-        msg["Message-ID"] = make_msgid(domain="example.com")
-        msg["Date"] = formatdate(localtime=False)
-        msg["In-Reply-To"] = request.message_id
-        msg["References"] = request.message_id
-        for name, value in headers:
-            msg[name] = value
-        quoted = "\n".join(f"> {line}" for line in request.body.splitlines())
-        msg.set_content(f"{first_line}\n\nOn Sat, 21 Nov 2026, Casemail wrote:\n{quoted}\n")
-        return msg.as_bytes()
+        return reply_message(
+            first_line,
+            from_header=from_header or formataddr(("The Approver", sender)),
+            to=plus_address(MAILBOX_ADDRESS, request.token),
+            subject=f"Re: {request.subject}",
+            answered=request.message_id,
+            headers=headers,
+            attribution="On Sat, 21 Nov 2026, Casemail wrote:",
+            quoted=request.body,
+        )
 
     def store(self, raw: bytes) -> int:
         with self.app.app_context():
@@ -239,13 +185,14 @@ def set_up_desk(
     prefix: str = "EXP",
     **account_fields: Any,
 ) -> Desk:
-    """A published approval case type sending from an account of MAILBOX, and a listener of
-    that account (with a rule that opens cases of the type)."""
+    """A published approval case type sending from an account of MAILBOX_ADDRESS, and a
+    listener of that account (with a rule that opens cases of the type)."""
     from tests.support.inbound import make_route
 
-    account_id = make_account(smtp_email=MAILBOX, smtp_user_id=MAILBOX, **account_fields)
+    address = MAILBOX_ADDRESS
+    account_id = make_account(smtp_email=address, smtp_user_id=address, **account_fields)
     case_type_id = make_case_type(
-        f"Expenses {prefix}", prefix, draft=definition or approval_definition()
+        f"Expenses {prefix}", prefix, draft=definition or approval_draft(copy_requester=True)
     )
     with app.app_context():
         case_type = db.session.get(CaseType, case_type_id)

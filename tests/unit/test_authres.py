@@ -3,14 +3,12 @@ Authentication-Results headers of trusted servers."""
 
 from __future__ import annotations
 
-import base64
 from email.utils import formatdate
 
 import dkim
 import pytest
-from cryptography.hazmat.primitives import serialization
-from cryptography.hazmat.primitives.asymmetric import rsa
 
+from tests.support.dkim import new_dkim_key
 from webapp.mail.authres import (
     aligned,
     authentication_results,
@@ -25,16 +23,7 @@ from webapp.mail.parse import parse_message
 @pytest.fixture(scope="module")
 def signer() -> tuple[bytes, bytes]:
     """(private key PEM, the TXT record publishing its public key)."""
-    key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
-    pem = key.private_bytes(
-        serialization.Encoding.PEM,
-        serialization.PrivateFormat.TraditionalOpenSSL,
-        serialization.NoEncryption(),
-    )
-    public = key.public_key().public_bytes(
-        serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo
-    )
-    return pem, b"v=DKIM1; k=rsa; p=" + base64.b64encode(public)
+    return new_dkim_key()
 
 
 def _message(sender: str = "manager@example.com", body: str = "APPROVE\r\n") -> bytes:

@@ -3,12 +3,6 @@ as permanent, and how a batch uses its connection."""
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-
-import pytest
-
-from tests.fixtures.smtp import _Controller
-from tests.integration.test_outbox import ScriptedSmtp
 from webapp.mail.connect import Endpoint
 from webapp.mail.hostpolicy import HostPolicy
 from webapp.mail.sending import Outcome, SmtpSession
@@ -18,33 +12,23 @@ RAW = b"From: a@example.com\r\nTo: b@example.org\r\nSubject: Hi\r\n\r\nHello\r\n
 POLICY = HostPolicy.ALLOW_PRIVATE
 
 
-@pytest.fixture
-def server() -> Iterator[ScriptedSmtp]:
-    handler = ScriptedSmtp()
-    controller = _Controller(handler, xoauth2_tokens={}, require_auth=False)
-    controller.start()
-    handler.port = controller.port
-    yield handler
-    controller.stop()
-
-
 def _session(port: int, login: SmtpLogin | None = None) -> SmtpSession:
     endpoint = Endpoint("127.0.0.1", port, "none", "1.2", connect_timeout=5, read_timeout=5)
     return SmtpSession(endpoint, login, POLICY)
 
 
-def test_one_connection_carries_the_batch(server):
-    with _session(server.port) as session:
+def test_one_connection_carries_the_batch(scripted_smtp):
+    with _session(scripted_smtp.port) as session:
         deliveries = [session.send("a@example.com", ["b@example.org"], RAW) for _ in range(5)]
     assert {d.outcome for d in deliveries} == {Outcome.SENT}
-    assert len(server.wait_for(5)) == 5
-    assert server.connections == 1
+    assert len(scripted_smtp.wait_for(5)) == 5
+    assert scripted_smtp.connections == 1
 
 
-def test_answers_at_data_decide_temporary_or_permanent(server):
-    server.answer_next("451 4.7.1 Greylisted, try again")
-    server.answer_next("554 5.7.1 Spam detected")
-    with _session(server.port) as session:
+def test_answers_at_data_decide_temporary_or_permanent(scripted_smtp):
+    scripted_smtp.answer_next("451 4.7.1 Greylisted, try again")
+    scripted_smtp.answer_next("554 5.7.1 Spam detected")
+    with _session(scripted_smtp.port) as session:
         greylisted = session.send("a@example.com", ["b@example.org"], RAW)
         spam = session.send("a@example.com", ["b@example.org"], RAW)
         fine = session.send("a@example.com", ["b@example.org"], RAW)
@@ -54,13 +38,13 @@ def test_answers_at_data_decide_temporary_or_permanent(server):
     )
     assert spam.outcome == Outcome.FAILED and spam.answer.startswith("554 5.7.1 Spam detected")
     assert fine.outcome == Outcome.SENT
-    assert server.connections == 1
+    assert scripted_smtp.connections == 1
 
 
-def test_all_recipients_refused_mixed_is_temporary(server):
-    server.refuse_recipient("full@example.org", "452 4.2.2 Mailbox full")
-    server.refuse_recipient("gone@example.org", "550 5.1.1 No such user")
-    with _session(server.port) as session:
+def test_all_recipients_refused_mixed_is_temporary(scripted_smtp):
+    scripted_smtp.refuse_recipient("full@example.org", "452 4.2.2 Mailbox full")
+    scripted_smtp.refuse_recipient("gone@example.org", "550 5.1.1 No such user")
+    with _session(scripted_smtp.port) as session:
         mixed = session.send("a@example.com", ["full@example.org", "gone@example.org"], RAW)
         gone = session.send("a@example.com", ["gone@example.org"], RAW)
     assert mixed.outcome == Outcome.RETRY
@@ -86,11 +70,11 @@ def test_failed_sign_in_is_temporary_with_the_servers_answer(smtp_server):
     assert server.messages == []
 
 
-def test_a_dropped_connection_is_opened_again_for_the_next_message(server):
-    server.answer_next("421 4.3.2 Shutting down")
-    with _session(server.port) as session:
+def test_a_dropped_connection_is_opened_again_for_the_next_message(scripted_smtp):
+    scripted_smtp.answer_next("421 4.3.2 Shutting down")
+    with _session(scripted_smtp.port) as session:
         dropped = session.send("a@example.com", ["b@example.org"], RAW)
         after = session.send("a@example.com", ["b@example.org"], RAW)
     assert dropped.outcome == Outcome.RETRY and dropped.answer.startswith("421")
     assert after.outcome == Outcome.SENT
-    assert server.connections == 2
+    assert scripted_smtp.connections == 2

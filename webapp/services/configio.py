@@ -6,7 +6,7 @@ from __future__ import annotations
 import difflib
 import os
 import re
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Collection, Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -406,6 +406,61 @@ def _items(items: Any, where: str, what: str) -> list[tuple[str, Any]]:
     return [(f"{where}[{index}]", item) for index, item in enumerate(items)]
 
 
+NameOf = Callable[[dict[str, Any], str, list[str]], str | None]
+
+
+def _named_items(
+    items: Any,
+    where: str,
+    what: str,
+    shape: str,
+    known: Collection[str],
+    name_of: NameOf,
+    id_key: str = "name",
+    same: Callable[[str], str] = str,
+) -> Iterator[tuple[str, dict[str, Any], str, list[str]]]:
+    """The section's items that are mappings with a name, as (path, item, name, problems).
+
+    The caller adds the item's problems to the list it is given, and leaves the item when there
+    are any. Unknown keys and a name used twice (compared by `same`) are problems already.
+    Raises ConfigError with every problem of the section once all items are read.
+    """
+    problems: list[str] = []
+    seen: set[str] = set()
+    for path, item in _items(items, where, what):
+        if not isinstance(item, dict):
+            problems.append(f"{path}: must be a mapping with {shape}.")
+            continue
+        own: list[str] = []
+        _unknown_keys(item, known, path, own)
+        name = name_of(item, path, own)
+        if name is None:
+            problems.extend(own)
+            continue
+        if same(name) in seen:
+            own.append(f"{path}.{id_key}: {name!r} appears twice in the file.")
+        seen.add(same(name))
+        yield path, item, name, own
+        problems.extend(own)
+    if problems:
+        raise ConfigError(problems)
+
+
+def _field_problems(
+    path: str, errors: Mapping[str, str], key_of: Callable[[str], str], refused: Collection[str]
+) -> list[str]:
+    """A service's refusals, per form field, as problems at the file's keys; keys the file
+    already had a problem with are left out."""
+    by_key = {key_of(field): text for field, text in errors.items()}
+    return [f"{path}.{key}: {text}" for key, text in by_key.items() if key not in refused]
+
+
+def _outcome(what: str, before: tuple[Any, ...] | None, after: tuple[Any, ...]) -> str:
+    """The report line for an item saved with the state `after`, `before` None when new."""
+    done = "created" if before is None else "updated" if after != before else "unchanged"
+    return f"{what}: {done}"
+
+
 def _snapshot(row: Any, names: Any) -> tuple[Any, ...]:
     return tuple(getattr(row, name) for name in names)
 
@@ -565,23 +620,23 @@ def _stored_secret(token: str | None, given: str) -> bool:
         return False
 
 
+def _account_id(item: dict[str, Any], path: str, problems: list[str]) -> str | None:
+    account_id = str(item.get("account_id") or "").strip()
+    if not account_id:
+        problems.append(f"{path}.account_id: give the account an ID.")
+    return account_id or None
+
+
 def _import_accounts(items: Any, where: str, report: ImportReport) -> None:
-    problems: list[str] = []
-    seen: set[str] = set()
-    known = {"account_id", *ACCOUNT_KEYS, *SECRET_KEYS}
-    for path, item in _items(items, where, "email accounts"):
-        if not isinstance(item, dict):
-            problems.append(f"{path}: must be a mapping with account_id, name and the settings.")
-            continue
-        own: list[str] = []
-        _unknown_keys(item, known, path, own)
-        account_id = str(item.get("account_id") or "").strip()
-        if not account_id:
-            problems.extend([*own, f"{path}.account_id: give the account an ID."])
-            continue
-        if account_id in seen:
-            own.append(f"{path}.account_id: {account_id} appears twice in the file.")
-        seen.add(account_id)
+    for path, item, account_id, own in _named_items(
+        items,
+        where,
+        "email accounts",
+        "account_id, name and the settings",
+        {"account_id", *ACCOUNT_KEYS, *SECRET_KEYS},
+        _account_id,
+        id_key="account_id",
+    ):
         account = account_service.find_account(account_id)
         values: dict[str, Any] = {}
         failed: set[str] = set()
@@ -607,16 +662,12 @@ def _import_accounts(items: Any, where: str, report: ImportReport) -> None:
             # An empty or missing password keeps the stored one.
             passwords[key] = secret or None
         errors = account_service.account_errors(account, account_id, values, passwords)
-        by_key = {_key_of(field): text for field, text in errors.items()}
-        own.extend(f"{path}.{k}: {text}" for k, text in by_key.items() if k not in failed)
+        own.extend(_field_problems(path, errors, _key_of, failed))
         if own:
-            problems.extend(own)
             continue
         # Saved even when an earlier item was refused, to find every problem in one run: the
         # caller rolls everything back on ConfigError.
         report.changes.append(_apply_account(account, account_id, values, passwords))
-    if problems:
-        raise ConfigError(problems)
 
 
 def _key_of(field: str) -> str:
@@ -644,10 +695,7 @@ def _apply_account(
             if given and _stored_secret(getattr(account, f"{key}_encrypted"), given):
                 passwords[key] = None
     saved = account_service.save_account(account, account_id, values, passwords)
-    if before is None:
-        return f"account {account_id}: created"
-    changed = _snapshot(saved, columns) != before
-    return f"account {account_id}: {'updated' if changed else 'unchanged'}"
+    return _outcome(f"account {account_id}", before, _snapshot(saved, columns))
 
 
 # -- service email rules ------------------------------------------------------------------------
@@ -665,19 +713,8 @@ RULE_KEYS = (
     "max_attachment_bytes",
     "max_attachments",
 )
-_RULE_COLUMNS = (
-    "name",
-    "action",
-    "case_type_id",
-    "field_mappings",
-    "stage_action",
-    "resolved_policy",
-    "send_ack",
-    "ack_subject",
-    "ack_body",
-    "max_attachment_bytes",
-    "max_attachments",
-)
+# The rule's columns, in the file's order: the case type is named in the file.
+_RULE_COLUMNS = tuple("case_type_id" if key == "case_type" else key for key in RULE_KEYS)
 _RULE_FIELDS = {"case_type_id": "case_type", "mappings": "field_mappings"}
 _MAPPING_KEYS = ("field", "source", "value")
 
@@ -792,43 +829,40 @@ def _rule_values(
     return failed
 
 
+def _rule_name(item: dict[str, Any], path: str, problems: list[str]) -> str | None:
+    name = item.get("name")
+    if not isinstance(name, str) or not name.strip():
+        problems.append(f"{path}.name: give the rule a name.")
+        return None
+    return name
+
+
 def _import_rules(items: Any, where: str, report: ImportReport) -> None:
-    problems: list[str] = []
-    seen: set[str] = set()
-    for path, item in _items(items, where, "service email rules"):
-        if not isinstance(item, dict):
-            problems.append(f"{path}: must be a mapping with name, action and case_type.")
-            continue
-        own: list[str] = []
-        _unknown_keys(item, RULE_KEYS, path, own)
-        name = item.get("name")
-        if not isinstance(name, str) or not name.strip():
-            problems.extend([*own, f"{path}.name: give the rule a name."])
-            continue
-        key = " ".join(name.split()).lower()
-        if key in seen:
-            own.append(f"{path}.name: {name!r} appears twice in the file.")
-        seen.add(key)
+    for path, item, name, own in _named_items(
+        items,
+        where,
+        "service email rules",
+        "name, action and case_type",
+        RULE_KEYS,
+        _rule_name,
+        same=lambda name: " ".join(name.split()).lower(),
+    ):
         rule = _rule_named(name)
         data = _rule_data(rule)
         failed = _rule_values(item, data, path, own, report)
         if own:
-            problems.extend(own)
             continue
         before = _snapshot(rule, _RULE_COLUMNS) if rule is not None else None
         try:
             saved = rule_service.save_rule(rule, data)
         except rule_service.RuleError as exc:
-            for field_name, text in exc.field_errors.items():
-                file_key = _RULE_FIELDS.get(field_name, field_name)
-                if file_key not in failed:
-                    problems.append(f"{path}.{file_key}: {text}")
+            own.extend(
+                _field_problems(path, exc.field_errors, lambda f: _RULE_FIELDS.get(f, f), failed)
+            )
             continue
-        changed = before is None or _snapshot(saved, _RULE_COLUMNS) != before
-        done = "created" if before is None else "updated" if changed else "unchanged"
-        report.changes.append(f"rule {saved.name}: {done}")
-    if problems:
-        raise ConfigError(problems)
+        report.changes.append(
+            _outcome(f"rule {saved.name}", before, _snapshot(saved, _RULE_COLUMNS))
+        )
 
 
 # -- email channels -----------------------------------------------------------------------------
@@ -926,21 +960,14 @@ def _routes(
 
 
 def _import_channels(items: Any, where: str, report: ImportReport) -> None:
-    problems: list[str] = []
-    seen: set[str] = set()
-    for path, item in _items(items, where, "email channels"):
-        if not isinstance(item, dict):
-            problems.append(f"{path}: must be a mapping with name, mode, default and routes.")
-            continue
-        own: list[str] = []
-        _unknown_keys(item, CHANNEL_KEYS, path, own)
-        name = _item_name(item, path, "channel", own)
-        if name is None:
-            problems.extend(own)
-            continue
-        if name in seen:
-            own.append(f"{path}.name: {name!r} appears twice in the file.")
-        seen.add(name)
+    for path, item, name, own in _named_items(
+        items,
+        where,
+        "email channels",
+        "name, mode, default and routes",
+        CHANNEL_KEYS,
+        lambda item, path, problems: _item_name(item, path, "channel", problems),
+    ):
         channel = db.session.scalar(select(EmailChannel).where(EmailChannel.name == name))
         mode = item.get("mode", channel.mode if channel else "first")
         kind = item.get("default", channel.default_kind if channel else "quarantine")
@@ -960,7 +987,6 @@ def _import_channels(items: Any, where: str, report: ImportReport) -> None:
             _routes(item["routes"], f"{path}.routes", own, report) if "routes" in item else None
         )
         if own:
-            problems.extend(own)
             continue
         before = _channel_state(channel) if channel is not None else None
         try:
@@ -968,15 +994,11 @@ def _import_channels(items: Any, where: str, report: ImportReport) -> None:
                 channel, name=name, mode=str(mode), default_kind=str(kind), default_id=default_id
             )
         except channel_service.ChannelError as exc:
-            problems.extend(f"{path}.{k}: {text}" for k, text in exc.field_errors.items())
+            own.extend(f"{path}.{k}: {text}" for k, text in exc.field_errors.items())
             continue
         if routes is not None:
-            problems.extend(_set_routes(saved, routes))
-        changed = before is None or _channel_state(saved) != before
-        done = "created" if before is None else "updated" if changed else "unchanged"
-        report.changes.append(f"channel {saved.name}: {done}")
-    if problems:
-        raise ConfigError(problems)
+            own.extend(_set_routes(saved, routes))
+        report.changes.append(_outcome(f"channel {saved.name}", before, _channel_state(saved)))
 
 
 def _channel_state(channel: EmailChannel) -> tuple[Any, ...]:
@@ -1010,24 +1032,10 @@ def _set_routes(channel: EmailChannel, routes: list[tuple[str, Any, Any]]) -> li
 
 # -- email listeners ----------------------------------------------------------------------------
 
-LISTENER_KEYS = (
-    "name",
-    "account",
-    "folder",
-    "message_format",
-    "rule",
-    "channel",
-    "poll_interval_seconds",
-    "max_batch",
-    "after_processing",
-    "move_to_folder",
-    "max_message_bytes",
-    "send_error_email",
-    "use_idle",
-    "enabled",
-)
 _LISTENER_FIELDS = {"account_id": "account", "rule_id": "rule", "channel_id": "channel"}
-_LISTENER_FLAGS = ("send_error_email", "use_idle", "enabled")
+# The listener's fields, references named as in the file, in the order exported.
+LISTENER_KEYS = tuple(_LISTENER_FIELDS.get(f, f) for f in listener_service.FIELDS)
+_LISTENER_FLAGS = listener_service.FLAGS
 _LISTENER_NUMBERS = ("poll_interval_seconds", "max_batch", "max_message_bytes")
 
 
@@ -1089,39 +1097,26 @@ def _listener_values(
 
 
 def _import_listeners(items: Any, where: str, report: ImportReport) -> None:
-    problems: list[str] = []
-    seen: set[str] = set()
-    for path, item in _items(items, where, "email listeners"):
-        if not isinstance(item, dict):
-            problems.append(f"{path}: must be a mapping with name, account and folder.")
-            continue
-        own: list[str] = []
-        _unknown_keys(item, LISTENER_KEYS, path, own)
-        name = _item_name(item, path, "listener", own)
-        if name is None:
-            problems.extend(own)
-            continue
-        if name in seen:
-            own.append(f"{path}.name: {name!r} appears twice in the file.")
-        seen.add(name)
+    for path, item, name, own in _named_items(
+        items,
+        where,
+        "email listeners",
+        "name, account and folder",
+        LISTENER_KEYS,
+        lambda item, path, problems: _item_name(item, path, "listener", problems),
+    ):
         listener = db.session.scalar(select(EmailListener).where(EmailListener.name == name))
         current = listener if listener is not None else listener_service.new_listener()
-        values = {field: getattr(current, field) for field in listener_service.FIELDS}
+        values = listener_service.listener_values(current)
         failed = _listener_values(item, values, path, own, report)
         errors = listener_service.listener_errors(listener, values)
-        by_key = {_LISTENER_FIELDS.get(f, f): text for f, text in errors.items()}
-        own.extend(f"{path}.{k}: {text}" for k, text in by_key.items() if k not in failed)
+        own.extend(_field_problems(path, errors, lambda f: _LISTENER_FIELDS.get(f, f), failed))
         if own:
-            problems.extend(own)
             continue
         columns = listener_service.FIELDS
         before = _snapshot(listener, columns) if listener is not None else None
         saved = listener_service.save_listener(listener, values)
-        changed = before is None or _snapshot(saved, columns) != before
-        done = "created" if before is None else "updated" if changed else "unchanged"
-        report.changes.append(f"listener {saved.name}: {done}")
-    if problems:
-        raise ConfigError(problems)
+        report.changes.append(_outcome(f"listener {saved.name}", before, _snapshot(saved, columns)))
 
 
 Importer = Callable[[Any, str, ImportReport], None]

@@ -100,7 +100,7 @@ def create_cases_from_email(
     if taken:
         raise InstantiationError(taken, {"account_id": taken})
     values = {
-        **{field: getattr(listener_service.new_listener(), field) for field in _LISTENER_DEFAULTS},
+        **listener_service.listener_values(listener_service.new_listener()),
         "name": name,
         "account_id": account.id,
         "folder": folder,
@@ -132,19 +132,6 @@ def create_cases_from_email(
         case_type.email_account = account
         db.session.flush()
     return listener, rule
-
-
-_LISTENER_DEFAULTS = (
-    "message_format",
-    "poll_interval_seconds",
-    "max_batch",
-    "after_processing",
-    "move_to_folder",
-    "max_message_bytes",
-    "send_error_email",
-    "use_idle",
-    "enabled",
-)
 
 
 def _name_taken(name: str) -> str:

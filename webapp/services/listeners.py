@@ -44,7 +44,7 @@ FIELDS = (
     "use_idle",
     "enabled",
 )
-_FLAGS = ("send_error_email", "use_idle", "enabled")
+FLAGS = ("send_error_email", "use_idle", "enabled")
 
 
 class ListenerError(ValueError):
@@ -78,6 +78,11 @@ def new_listener() -> EmailListener:
         use_idle=True,
         enabled=True,
     )
+
+
+def listener_values(listener: EmailListener) -> dict[str, Any]:
+    """The listener's fields as listener_errors and save_listener take them."""
+    return {field: getattr(listener, field) for field in FIELDS}
 
 
 def list_listeners() -> list[EmailListener]:
@@ -158,7 +163,7 @@ def save_listener(listener: EmailListener | None, values: Mapping[str, Any]) -> 
     folder_before = (listener.account_id, listener.folder)
     for name in FIELDS:
         value = values.get(name)
-        setattr(listener, name, bool(value) if name in _FLAGS else value)
+        setattr(listener, name, bool(value) if name in FLAGS else value)
     if values.get("after_processing") != AfterProcessing.MOVE.value:
         listener.move_to_folder = ""
     if folder_before != (listener.account_id, listener.folder):
