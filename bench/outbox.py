@@ -305,13 +305,16 @@ def main() -> None:
     limit, building = statistics.median(plain), statistics.median(built)
     # Each round's figures were taken moments apart: their ratios vary less than the rates on
     # a busy machine, so the ratios reported are the medians of the rounds' ratios.
-    against_plain = statistics.median(o / p for o, p in zip(ours, plain, strict=True))
+    ratios = [o / p for o, p in zip(ours, plain, strict=True)]
+    against_plain = statistics.median(ratios)
     against_built = statistics.median(o / b for o, b in zip(ours, built, strict=True))
     print(
         f"{args.messages} notifications, {engine}, SMTP sink in a {args.server}, "
         f"median of {args.rounds} rounds: "
-        f"send_outbound {rate:.1f} msg/s; smtplib with bytes built before {limit:.1f} msg/s "
-        f"(ratio {against_plain:.2f}); build_outbound + smtplib {building:.1f} msg/s "
+        f"send_outbound {rate:.1f} msg/s ({min(ours):.0f}-{max(ours):.0f}); "
+        f"smtplib with bytes built before {limit:.1f} msg/s "
+        f"(ratio {against_plain:.2f}, rounds {min(ratios):.2f}-{max(ratios):.2f}); "
+        f"build_outbound + smtplib {building:.1f} msg/s "
         f"(ratio {against_built:.2f}); target >= 0.80"
     )
 

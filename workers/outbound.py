@@ -4,7 +4,7 @@ sweeper that sends whatever that job missed.
 A message is claimed ("sending", committed) before the server is contacted, and its result is
 recorded after: a crash in between leaves it "sending", which the sweeper turns into "uncertain"
 for an admin to decide, so no message goes out twice unnoticed. One job carries a batch, sent
-over one connection per account, with one commit to claim and one to record each chunk.
+over one connection per account; one commit records a chunk's answers and claims the next.
 """
 
 from __future__ import annotations
@@ -68,23 +68,26 @@ def enqueue_send(outbound_ids: Sequence[int]) -> bool:
 def send_outbound(outbound_ids: list[int]) -> list[Any]:
     """Send the given messages that are due and still pending; returns a SendResult for each
     one this job sent, held or gave up on. Runs without RQ too, inside an app context."""
-    from webapp.services.outbox import Senders, claim, load_claimed, send_claimed
+    from webapp.services.outbox import Senders, claim, send_claimed
 
+    chunks = [outbound_ids[start : start + CHUNK] for start in range(0, len(outbound_ids), CHUNK)]
     results: list[Any] = []
     with Senders() as senders:
-        for start in range(0, len(outbound_ids), CHUNK):
-            claimed = claim(outbound_ids[start : start + CHUNK], utcnow())
-            db.session.commit()
-            if not claimed:
-                continue
-            try:
-                results.extend(send_claimed(load_claimed(claimed), senders))
-            except Exception:
-                # What was handed to a server is unknown: the claimed messages stay "sending"
-                # and become "uncertain", never sent again unnoticed.
-                db.session.rollback()
-                log.exception("sending outbound messages %s failed", claimed)
-                raise
+        claimed = claim(chunks[0], utcnow()) if chunks else []
+        db.session.commit()
+        for following in [*chunks[1:], []]:
+            if claimed:
+                try:
+                    results.extend(send_claimed(claimed, senders))
+                except Exception:
+                    # What was handed to a server is unknown: the claimed messages stay
+                    # "sending" and become "uncertain", never sent again unnoticed.
+                    db.session.rollback()
+                    log.exception("sending outbound messages %s failed", [c.id for c in claimed])
+                    raise
+            # One commit records this chunk's answers and claims the next chunk, which is
+            # therefore committed "sending" before any of it reaches a server.
+            claimed = claim(following, utcnow())
             db.session.commit()
     return results
 

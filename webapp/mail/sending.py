@@ -22,7 +22,7 @@ from webapp.mail.connect import ConnectivityError, Endpoint, explain, server_ans
 from webapp.mail.graph import GraphSendError, send_mime
 from webapp.mail.hostpolicy import HostPolicy
 from webapp.mail.oauth import OAuthSettings, http_session
-from webapp.mail.smtp import _SMTP, SmtpLogin, _sign_in
+from webapp.mail.smtp import _SMTP, SmtpLogin, open_smtp
 
 # Graph answers worth another try later: throttled, token expired, or trouble on its side.
 _GRAPH_TEMPORARY = frozenset({401, 408, 429})
@@ -79,28 +79,12 @@ class SmtpSession:
     def __exit__(self, *exc_info: object) -> None:
         self.close()
 
-    def _open(self) -> _SMTP:
-        endpoint = self._endpoint
-        client = _SMTP(endpoint, self._policy, self._local_hostname)
-        try:
-            client.connect(endpoint.host, endpoint.port)
-            client.ehlo()
-            if endpoint.security == "starttls":
-                if not client.has_extn("starttls"):
-                    raise ConnectivityError(f"{endpoint.where} does not offer STARTTLS.")
-                client.starttls(context=endpoint.tls_context())
-                client.ehlo()
-            if self._login is not None:
-                _sign_in(client, self._login)
-        except BaseException:
-            client.close()
-            raise
-        return client
-
     def _connect(self) -> Delivery | None:
         """Open the connection; the failure every message gets when it cannot be opened."""
         try:
-            self._client = self._open()
+            self._client = open_smtp(
+                self._endpoint, self._login, self._policy, self._local_hostname
+            )
         except smtplib.SMTPAuthenticationError as exc:
             user = self._login.user if self._login else ""
             failure = f"Sign-in as {user} failed: {_smtp_answer(exc.smtp_code, exc.smtp_error)}"

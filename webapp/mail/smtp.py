@@ -85,16 +85,14 @@ def _sign_in(client: _SMTP, login: SmtpLogin) -> None:
     client.auth(allowed[0], method, initial_response_ok=True)
 
 
-def check_smtp(
+def open_smtp(
     endpoint: Endpoint,
     login: SmtpLogin | None,
     policy: HostPolicy,
     local_hostname: str | None = None,
-) -> str:
-    """Connect, secure and sign in as configured, then quit; returns what was used.
-
-    Raises ConnectivityError with one sentence saying what went wrong.
-    """
+) -> _SMTP:
+    """A connected client, secured and signed in as configured; closed again when any step
+    fails, whose smtplib, socket or ConnectivityError exception is raised."""
     client = _SMTP(endpoint, policy, local_hostname)
     try:
         client.connect(endpoint.host, endpoint.port)
@@ -106,9 +104,30 @@ def check_smtp(
             client.ehlo()
         if login is not None:
             _sign_in(client, login)
-        version = tls_version(client.sock)
-        with contextlib.suppress(smtplib.SMTPException, OSError):
-            client.quit()
+    except BaseException:
+        client.close()
+        raise
+    return client
+
+
+def check_smtp(
+    endpoint: Endpoint,
+    login: SmtpLogin | None,
+    policy: HostPolicy,
+    local_hostname: str | None = None,
+) -> str:
+    """Connect, secure and sign in as configured, then quit; returns what was used.
+
+    Raises ConnectivityError with one sentence saying what went wrong.
+    """
+    try:
+        client = open_smtp(endpoint, login, policy, local_hostname)
+        try:
+            version = tls_version(client.sock)
+            with contextlib.suppress(smtplib.SMTPException, OSError):
+                client.quit()
+        finally:
+            client.close()
     except smtplib.SMTPAuthenticationError as exc:
         raise ConnectivityError(
             f"Authentication failed for {login.user if login else ''}: the server answered "
@@ -120,8 +139,6 @@ def check_smtp(
         ) from None
     except (OSError, smtplib.SMTPException, ssl.SSLError) as exc:
         raise ConnectivityError(explain(exc, endpoint)) from None
-    finally:
-        client.close()
     mode = MODE_LABELS[endpoint.security]
     security = version if version else INSECURE
     who = f" as {login.user}" if login is not None else ""

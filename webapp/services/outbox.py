@@ -18,10 +18,10 @@ from contextlib import ExitStack
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from email.utils import make_msgid
+from typing import Any
 
 from flask import current_app
 from sqlalchemy import and_, func, or_, select, update
-from sqlalchemy.orm import selectinload
 from sqlalchemy.sql.elements import ColumnElement
 
 from webapp.extensions import db
@@ -236,8 +236,37 @@ def _due(now: datetime) -> ColumnElement[bool]:
     return or_(OutboundMessage.next_attempt_at.is_(None), OutboundMessage.next_attempt_at <= now)
 
 
-def claim(outbound_ids: Sequence[int], now: datetime) -> list[int]:
-    """Mark the due pending messages among `outbound_ids` "sending" and return their ids.
+@dataclass(slots=True)
+class Claimed:
+    """What sending one claimed message needs, as the claim returned it (no ORM object)."""
+
+    id: int
+    case_id: int | None
+    account_id: int | None
+    recipients: list[str]
+    cc: list[str]
+    subject: str
+    body: str
+    attach_case_files: bool
+    attachment_ids: list[int]
+    automatic: bool
+    message_id: str | None
+    in_reply_to: str | None
+    references: list[str]
+    reply_to: str
+    token_encrypted: str | None
+    attempts: int
+    next_attempt_at: datetime | None
+    sending_at: datetime | None
+    sent_at: datetime | None
+
+
+_CLAIMED = tuple(getattr(OutboundMessage, name) for name in Claimed.__slots__)
+
+
+def claim(outbound_ids: Sequence[int], now: datetime) -> list[Claimed]:
+    """Mark the due pending messages among `outbound_ids` "sending" and return them, in id
+    order, with what sending them needs.
 
     One conditional UPDATE: of two senders given the same ids, each message goes to one. The
     caller commits before sending, so that a crash leaves the message "sending" (then
@@ -257,28 +286,19 @@ def claim(outbound_ids: Sequence[int], now: datetime) -> list[int]:
             sending_at=now,
             attempts=OutboundMessage.attempts + 1,
         )
-        .returning(OutboundMessage.id)
+        .returning(*_CLAIMED)
         .execution_options(synchronize_session=False)
     )
-    return sorted(result.scalars())
+    claimed = [Claimed(*values) for values in result]
+    claimed.sort(key=lambda c: c.id)
+    return claimed
 
 
-def load_claimed(outbound_ids: Sequence[int]) -> list[OutboundMessage]:
-    """The messages with what sending them needs, in id order, in a few queries."""
-    rows = db.session.scalars(
-        select(OutboundMessage)
-        .where(OutboundMessage.id.in_(list(outbound_ids)))
-        # An account's keystores and profile load lazily, once per batch (the identity map).
-        .options(selectinload(OutboundMessage.case), selectinload(OutboundMessage.account))
-        .order_by(OutboundMessage.id)
-        .execution_options(populate_existing=True)
-    )
-    return list(rows)
-
-
-def hold_over_limit(rows: Sequence[OutboundMessage], now: datetime) -> set[int]:
-    """Hold the automatic messages among `rows` (claimed, in id order) that would pass a rate
-    limit; returns their ids.
+def hold_over_limit(
+    rows: Sequence[Claimed], now: datetime, references: dict[int, str]
+) -> dict[int, str]:
+    """The automatic messages among `rows` (claimed, in id order) that would pass a rate limit,
+    with the reason to record for each.
 
     A message counts against the limits from the moment it is written, unless it was held or
     cancelled; earlier messages come first. Two grouped queries count what came before the
@@ -289,7 +309,7 @@ def hold_over_limit(rows: Sequence[OutboundMessage], now: datetime) -> set[int]:
     per_case = current_app.config["CASEMAIL_RATE_LIMIT_PER_CASE"]
     candidates = [r for r in rows if r.automatic and r.attempts <= 1 and r.next_attempt_at is None]
     if not candidates or (per_recipient <= 0 and per_case <= 0):
-        return set()
+        return {}
     first = rows[0].id
     since = now - RATE_WINDOW
     counted = OutboundMessage.status.not_in(
@@ -327,18 +347,16 @@ def hold_over_limit(rows: Sequence[OutboundMessage], now: datetime) -> set[int]:
             if case_id is not None:
                 from_case[case_id] = count
     candidate_ids = {r.id for r in candidates}
-    held: set[int] = set()
+    held: dict[int, str] = {}
     for row in rows:
         addresses = list(dict.fromkeys([*row.recipients, *row.cc]))
         reason = ""
         if row.id in candidate_ids:
-            reason = _over_limit(row, addresses, to_address, from_case, per_recipient, per_case)
+            reason = _over_limit(
+                row, addresses, to_address, from_case, per_recipient, per_case, references
+            )
         if reason:
-            held.add(row.id)
-            row.status = OutboundStatus.HELD.value
-            row.attempts = max(0, row.attempts - 1)  # it was not tried
-            row.sending_at = None
-            row.last_error = f"{reason} Send it again to send it anyway, or cancel it."
+            held[row.id] = f"{reason} Send it again to send it anyway, or cancel it."
             log.warning("outbound message %s held by a rate limit: %s", row.id, reason)
             continue
         for address in addresses:
@@ -349,12 +367,13 @@ def hold_over_limit(rows: Sequence[OutboundMessage], now: datetime) -> set[int]:
 
 
 def _over_limit(
-    row: OutboundMessage,
+    row: Claimed,
     addresses: list[str],
     to_address: dict[str, int],
     from_case: dict[int, int],
     per_recipient: int,
     per_case: int,
+    references: dict[int, str],
 ) -> str:
     """Why `row` passes a limit, or "" when it does not."""
     if per_recipient > 0:
@@ -365,7 +384,7 @@ def _over_limit(
                     "the limit per recipient (CASEMAIL_RATE_LIMIT_PER_RECIPIENT)."
                 )
     if per_case > 0 and row.case_id is not None and from_case[row.case_id] >= per_case:
-        reference = row.case.reference if row.case is not None else row.case_id
+        reference = references.get(row.case_id, row.case_id)
         return (
             f"Held: case {reference} sent {_messages(per_case)} in the last hour, the limit "
             "per case (CASEMAIL_RATE_LIMIT_PER_CASE)."
@@ -424,7 +443,7 @@ def _account_reply_to(account: EmailAccount) -> str:
     return account.smtp_reply_to
 
 
-def _threads(rows: Sequence[OutboundMessage]) -> dict[int, tuple[str | None, list[str]]]:
+def _threads(rows: Sequence[Claimed]) -> dict[int, tuple[str | None, list[str]]]:
     """thread_of for every case among `rows` whose messages do not name their thread."""
     case_ids = {r.case_id for r in rows if r.case_id is not None and not r.in_reply_to}
     if not case_ids:
@@ -442,7 +461,7 @@ def _threads(rows: Sequence[OutboundMessage]) -> dict[int, tuple[str | None, lis
     }
 
 
-def _attachments(rows: Sequence[OutboundMessage]) -> dict[int, list[CaseAttachment]]:
+def _attachments(rows: Sequence[Claimed]) -> dict[int, list[CaseAttachment]]:
     """The case attachments each message carries, by message id."""
     whole = {r.case_id for r in rows if r.attach_case_files and r.case_id is not None}
     chosen = {i for r in rows if not r.attach_case_files and r.case_id for i in r.attachment_ids}
@@ -466,7 +485,8 @@ def _attachments(rows: Sequence[OutboundMessage]) -> dict[int, list[CaseAttachme
 class _Builder:
     """Builds the messages of one batch, with what they share loaded once."""
 
-    def __init__(self, rows: Sequence[OutboundMessage]) -> None:
+    def __init__(self, rows: Sequence[Claimed], references: dict[int, str]) -> None:
+        self.references = references
         self.threads = _threads(rows)
         self.attachments = _attachments(rows)
         self.signing: dict[int, SigningKey | KeystoreError] = {}
@@ -483,12 +503,11 @@ class _Builder:
             raise _BuildError(f"The message cannot be signed: {found}")
         return found
 
-    def build(self, row: OutboundMessage) -> _Built:
-        """The message's bytes; raises _BuildError."""
-        problem = _sender_problem(row.account)
+    def build(self, row: Claimed, account: EmailAccount | None) -> _Built:
+        """The message's bytes, from `account`; raises _BuildError."""
+        problem = _sender_problem(account)
         if problem:
             raise _BuildError(problem)
-        account = row.account
         assert account is not None
         try:
             token = get_secretbox().decrypt(row.token_encrypted) if row.token_encrypted else None
@@ -503,7 +522,7 @@ class _Builder:
             reply_to: str | None = plus_address(reply_base or from_address, token)
         else:
             reply_to = row.reply_to or reply_base or None
-        in_reply_to, references = row.in_reply_to, list(row.references or [])
+        in_reply_to, references = row.in_reply_to, row.references or []
         if not in_reply_to and row.case_id is not None:
             in_reply_to, references = self.threads.get(row.case_id, (None, []))
         spec = OutboundSpec(
@@ -520,7 +539,7 @@ class _Builder:
             references=tuple(references),
             automatic=row.automatic,
             token=token,
-            case_id=row.case.reference if row.case is not None else None,
+            case_id=self.references.get(row.case_id) if row.case_id is not None else None,
             attachments=tuple(
                 OutboundAttachment(a.filename, a.content_type, a.data)
                 for a in self.attachments.get(row.id, [])
@@ -589,7 +608,7 @@ class Senders:
             )
 
 
-def _not_delivered(row: OutboundMessage, now: datetime) -> None:
+def _not_delivered(row: Claimed, last_error: str, now: datetime) -> None:
     if row.case_id is None:
         return
     to = ", ".join([*row.recipients, *(row.cc or [])])
@@ -600,50 +619,106 @@ def _not_delivered(row: OutboundMessage, now: datetime) -> None:
             actor="system",
             channel="system",
             action=NOT_DELIVERED,
-            comment=f"{row.last_error}\n(“{row.subject}” to {to})",
+            comment=f"{last_error}\n(“{row.subject}” to {to})",
             created_at=now,
         )
     )
 
 
-def record(row: OutboundMessage, delivery: Delivery, now: datetime) -> SendResult:
-    """Record what the server answered for a claimed message (flushes nothing; commit after)."""
+def _unchanged(row: Claimed) -> dict[str, Any]:
+    """Every column `record` writes, as the claim left it: one shape for one executemany."""
+    return {
+        "id": row.id,
+        "status": OutboundStatus.SENDING.value,
+        "attempts": row.attempts,
+        "sending_at": row.sending_at,
+        "sent_at": row.sent_at,
+        "next_attempt_at": row.next_attempt_at,
+        "token_encrypted": row.token_encrypted,
+        "last_error": "",
+    }
+
+
+def held(row: Claimed, reason: str) -> dict[str, Any]:
+    """The columns that record a claimed message held by a rate limit."""
+    values = _unchanged(row)
+    values.update(
+        status=OutboundStatus.HELD.value,
+        attempts=max(0, row.attempts - 1),  # it was not tried
+        sending_at=None,
+        last_error=reason,
+    )
+    return values
+
+
+def outcome(row: Claimed, delivery: Delivery, now: datetime) -> dict[str, Any]:
+    """The columns that record what the server answered for a claimed message."""
+    values = _unchanged(row)
     if delivery.outcome == Outcome.SENT:
-        row.status = OutboundStatus.SENT.value
-        row.sent_at = now
-        row.next_attempt_at = None
-        row.token_encrypted = None  # the Approval keeps the token's hash; nothing else needs it
-        row.last_error = delivery.answer if delivery.refused else ""
-    elif delivery.outcome == Outcome.RETRY and row.attempts <= len(BACKOFF):
-        row.status = OutboundStatus.PENDING.value
-        row.next_attempt_at = now + BACKOFF[max(row.attempts, 1) - 1]
-        row.last_error = delivery.answer
-    else:
-        row.status = OutboundStatus.FAILED.value
-        row.next_attempt_at = None
-        row.last_error = (
-            f"Gave up after {row.attempts} attempts. {delivery.answer}"
-            if delivery.outcome == Outcome.RETRY
-            else delivery.answer
+        values.update(
+            status=OutboundStatus.SENT.value,
+            sent_at=now,
+            next_attempt_at=None,
+            # The Approval keeps the token's hash; nothing else needs the token.
+            token_encrypted=None,
+            last_error=delivery.answer if delivery.refused else "",
         )
-        _not_delivered(row, now)
-        log.warning("outbound message %s failed: %s", row.id, row.last_error)
-    detail = row.last_error
-    if row.status == OutboundStatus.PENDING.value and row.next_attempt_at is not None:
-        detail = f"{detail} (next attempt {row.next_attempt_at:%H:%M:%S} UTC)"
-    return SendResult(row.id, row.status, detail)
+    elif delivery.outcome == Outcome.RETRY and row.attempts <= len(BACKOFF):
+        values.update(
+            status=OutboundStatus.PENDING.value,
+            next_attempt_at=now + BACKOFF[max(row.attempts, 1) - 1],
+            last_error=delivery.answer,
+        )
+    else:
+        values.update(
+            status=OutboundStatus.FAILED.value,
+            next_attempt_at=None,
+            last_error=(
+                f"Gave up after {row.attempts} attempts. {delivery.answer}"
+                if delivery.outcome == Outcome.RETRY
+                else delivery.answer
+            ),
+        )
+    return values
 
 
-def send_claimed(rows: Sequence[OutboundMessage], senders: Senders) -> list[SendResult]:
+def record(changes: Sequence[dict[str, Any]]) -> None:
+    """Write what `held` and `outcome` return, in one executemany UPDATE (commit after)."""
+    if changes:
+        db.session.execute(update(OutboundMessage), list(changes))
+
+
+def _result(values: dict[str, Any]) -> SendResult:
+    detail: str = values["last_error"]
+    if values["status"] == OutboundStatus.PENDING.value and values["next_attempt_at"] is not None:
+        detail = f"{detail} (next attempt {values['next_attempt_at']:%H:%M:%S} UTC)"
+    return SendResult(values["id"], values["status"], detail)
+
+
+def send_claimed(rows: Sequence[Claimed], senders: Senders) -> list[SendResult]:
     """Hold, build, send and record claimed messages (the caller commits once after)."""
+    if not rows:
+        return []
     now = utcnow()
-    held = hold_over_limit(rows, now)
-    results = [SendResult(r.id, r.status, r.last_error) for r in rows if r.id in held]
-    todo = [r for r in rows if r.id not in held]
-    builder = _Builder(todo)
+    case_ids = {r.case_id for r in rows if r.case_id is not None}
+    references: dict[int, str] = (
+        dict(db.session.execute(select(Case.id, Case.reference).where(Case.id.in_(case_ids))).all())
+        if case_ids
+        else {}
+    )
+    account_ids = {r.account_id for r in rows if r.account_id is not None}
+    accounts = {
+        a.id: a
+        for a in db.session.scalars(select(EmailAccount).where(EmailAccount.id.in_(account_ids)))
+    }
+    reasons = hold_over_limit(rows, now, references)
+    changes = [held(r, reasons[r.id]) for r in rows if r.id in reasons]
+    todo = [r for r in rows if r.id not in reasons]
+    builder = _Builder(todo, references)
     for row in todo:
+        account = accounts.get(row.account_id) if row.account_id is not None else None
         try:
-            built = builder.build(row)
+            built = builder.build(row, account)
         except _BuildError as exc:
             delivery = Delivery(Outcome.FAILED, str(exc))
         except Exception as exc:
@@ -656,11 +731,16 @@ def send_claimed(rows: Sequence[OutboundMessage], senders: Senders) -> list[Send
                 f"({type(exc).__name__}); it was logged.",
             )
         else:
-            assert row.account is not None
-            sender = senders.for_account(row.account)
-            delivery = sender.send(built.sender, built.recipients, built.raw)
-        results.append(record(row, delivery, utcnow()))
-    return results
+            assert account is not None
+            delivery = senders.for_account(account).send(built.sender, built.recipients, built.raw)
+        answered = utcnow()
+        values = outcome(row, delivery, answered)
+        if values["status"] == OutboundStatus.FAILED.value:
+            _not_delivered(row, values["last_error"], answered)
+            log.warning("outbound message %s failed: %s", row.id, values["last_error"])
+        changes.append(values)
+    record(changes)
+    return [_result(values) for values in changes]
 
 
 def due_ids(now: datetime, limit: int = 1000) -> list[int]:
