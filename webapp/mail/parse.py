@@ -95,6 +95,15 @@ _CHARSET_SUPERSETS = {
     "iso-2022-jp": "iso2022_jp_ext",
 }
 _JAPANESE_FALLBACKS = ("iso2022_jp_2", "iso2022_jp_ext", "iso2022_jp")
+# The stdlib parser reads a body line by line and then scans it again with a regular
+# expression, so a large base64 attachment costs most of a message's parse. Such bodies are
+# left out of what it parses (a short placeholder line stands in) and put back in the tree.
+_BASE64_BODY_MIN = 4096
+_BASE64_AND_BREAKS = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/=\r\n"
+_PLACEHOLDER = "CasemailBase64Body{}Z"
+_PLACEHOLDER_RE = re.compile(r"CasemailBase64Body(\d+)Z")
+_BLANK_LINE_RE = re.compile(rb"\n\r?\n")
+_BODY_END_RE = re.compile(rb"\n(?:\r?\n|--)")  # an empty line, or one that may be a boundary
 
 
 class MessageStructureError(ValueError):
@@ -220,7 +229,7 @@ def parse_message(
         raise MessageStructureError(f"The message has more than {max_parts} MIME parts.")
     walker = _Walker(max_parts=max_parts, max_depth=max_depth)
     try:
-        root = _bytes_parser.parsebytes(raw)
+        root = _parse_tree(raw)
         walker.walk(root, 0)
     except RecursionError:
         raise MessageStructureError(
@@ -282,6 +291,77 @@ def parse_message(
         headers=headers,
         notes=tuple(walker.notes),
     )
+
+
+def _parse_tree(raw: bytes) -> Message:
+    """The MIME tree of `raw`, parsed with its large base64 bodies set aside and put back.
+
+    The bodies set aside hold only base64 characters and line breaks, no line starting with
+    "--" (so no boundary) and no empty line: a placeholder line parses the same way. When the
+    placeholders are not each found once in the tree, `raw` is parsed as it is.
+    """
+    skeleton, bodies = _set_aside_base64_bodies(raw)
+    if bodies:
+        root = _bytes_parser.parsebytes(skeleton)
+        if _put_back(root, bodies):
+            return root
+    return _bytes_parser.parsebytes(raw)
+
+
+def _set_aside_base64_bodies(raw: bytes) -> tuple[bytes, list[str]]:
+    """`raw` with a placeholder for each large body of base64 lines after a header block
+    that mentions base64; the bodies, in order."""
+    if b"ase64" not in raw and b"ASE64" not in raw:
+        return raw, []
+    lower = raw.lower()
+    pieces: list[bytes] = []
+    bodies: list[str] = []
+    done = 0
+    at = lower.find(b"base64")
+    # Each search starts where the one before stopped: one pass over the message.
+    while at != -1:
+        blank = _BLANK_LINE_RE.search(raw, at)
+        if blank is None:
+            break
+        start = blank.end()
+        stop = _BODY_END_RE.search(raw, start)
+        end = stop.start() + 1 if stop else len(raw)
+        body = raw[start:end].rstrip(b"\r\n")
+        if len(body) >= _BASE64_BODY_MIN and not body.translate(None, _BASE64_AND_BREAKS):
+            pieces += (raw[done:start], _PLACEHOLDER.format(len(bodies)).encode())
+            bodies.append(body.decode("ascii"))
+            done = start + len(body)
+        at = lower.find(b"base64", end)
+    if not bodies:
+        return raw, []
+    pieces.append(raw[done:])
+    return b"".join(pieces), bodies
+
+
+def _put_back(root: Message, bodies: list[str]) -> bool:
+    """Put the set-aside bodies back in place of their placeholders; whether each placeholder
+    was found exactly once (payloads, preambles and epilogues all looked at)."""
+    found = [0] * len(bodies)
+
+    def restore(text: str) -> str:
+        def body(match: re.Match[str]) -> str:
+            index = int(match.group(1))
+            if index >= len(bodies):
+                return match.group(0)
+            found[index] += 1
+            return bodies[index]
+
+        return _PLACEHOLDER_RE.sub(body, text)
+
+    for part in root.walk():
+        for name in ("preamble", "epilogue"):
+            text = getattr(part, name)
+            if isinstance(text, str) and "CasemailBase64Body" in text:
+                setattr(part, name, restore(text))
+        payload = part.get_payload() if not part.is_multipart() else None
+        if isinstance(payload, str) and "CasemailBase64Body" in payload:
+            part.set_payload(restore(payload))
+    return all(count == 1 for count in found)
 
 
 class _Walker:

@@ -126,18 +126,6 @@ def supersede_pending(case: Case) -> None:
         approval.status = ApprovalStatus.SUPERSEDED.value
 
 
-def _values(case: Case, stage: StageDef) -> dict[str, str]:
-    values = {name: str(value) for name, value in (case.fields or {}).items()}
-    values.update(
-        case_id=case.reference,
-        case_type=case.case_type.name,
-        subject=case.subject,
-        requester=case.requester,
-        stage=stage.name,
-    )
-    return values
-
-
 def _designed_text(case: Case, stage: StageDef) -> tuple[str, str]:
     """(subject, opening text) of the request.
 
@@ -145,7 +133,7 @@ def _designed_text(case: Case, stage: StageDef) -> tuple[str, str]:
     request: approvers get one message per stage entry, the one they can answer, and not
     also a token-less copy of it (`cases._queue_notifications` leaves them out).
     """
-    values = _values(case, stage)
+    values = case_service.template_values(case, stage)
     for note in stage.notifications:
         if "approvers" in note.recipients and (note.subject or note.body):
             subject = render(note.subject, values).strip()

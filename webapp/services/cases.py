@@ -5,6 +5,7 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
+from typing import Any
 
 from sqlalchemy import Select, String, and_, bindparam, cast, func, or_, select, tuple_, update
 from sqlalchemy.orm.exc import StaleDataError
@@ -119,12 +120,16 @@ def open_case(
     require_fields: bool = True,
     email_account: EmailAccount | None = None,
     flush: bool = True,
+    entries: list[dict[str, Any]] | None = None,
 ) -> Case:
     """Open a case on the newest published version; raises CaseError (with field errors).
 
     The case's mail goes out from `email_account` (the account it arrived through), else
     from its case type's account. Without `flush` the case has no id until the caller
     flushes (ingest writes a message's case, its events and attachments in one flush).
+    With `entries` the "created" timeline entry is not added to the session: its column
+    values are appended there, for the caller to insert with the case's id once the case is
+    written (ingest inserts a batch's entries in one statement).
     """
     version = case_type.latest_version
     if version is None:
@@ -166,7 +171,10 @@ def open_case(
     db.session.add(case)
     actor = actor_for(user, channel)
     _enter_stage(case, definition, definition.first_stage, now)
-    _event(case, actor, user, "created", to_stage=case.stage, action="Created")
+    if entries is None:
+        _event(case, actor, user, "created", to_stage=case.stage, action="Created")
+    else:
+        entries.append(_event_values(actor, user, "created", to_stage=case.stage, action="Created"))
     if flush:
         db.session.flush()
     return case
@@ -185,18 +193,41 @@ def _event(
 ) -> CaseEvent:
     event = CaseEvent(
         case=case,
-        kind=kind,
-        actor_id=user.id if user else None,
-        actor=actor.email,
-        channel=actor.channel,
-        action=action,
-        from_stage=from_stage,
-        to_stage=to_stage,
-        comment=comment,
-        created_at=utcnow(),
+        **_event_values(
+            actor,
+            user,
+            kind,
+            action=action,
+            from_stage=from_stage,
+            to_stage=to_stage,
+            comment=comment,
+        ),
     )
     db.session.add(event)
     return event
+
+
+def _event_values(
+    actor: Actor,
+    user: User | None,
+    kind: str,
+    *,
+    action: str = "",
+    from_stage: str = "",
+    to_stage: str = "",
+    comment: str = "",
+) -> dict[str, Any]:
+    return {
+        "kind": kind,
+        "actor_id": user.id if user else None,
+        "actor": actor.email,
+        "channel": actor.channel,
+        "action": action,
+        "from_stage": from_stage,
+        "to_stage": to_stage,
+        "comment": comment,
+        "created_at": utcnow(),
+    }
 
 
 def _enter_stage(case: Case, definition: Definition, stage: StageDef, now: datetime) -> None:
@@ -234,9 +265,9 @@ def _enter_stage(case: Case, definition: Definition, stage: StageDef, now: datet
     _queue_notifications(case, definition, stage, {a.approver for a in requested})
 
 
-def _queue_notifications(
-    case: Case, definition: Definition, stage: StageDef, requested: set[str] | None = None
-) -> None:
+def template_values(case: Case, stage: StageDef) -> dict[str, str]:
+    """What the stage's texts (notifications, approval requests) may name: the case's fields
+    and case_id, case_type, subject, requester and stage."""
     values = {name: str(value) for name, value in (case.fields or {}).items()}
     values.update(
         case_id=case.reference,
@@ -245,6 +276,13 @@ def _queue_notifications(
         requester=case.requester,
         stage=stage.name,
     )
+    return values
+
+
+def _queue_notifications(
+    case: Case, definition: Definition, stage: StageDef, requested: set[str] | None = None
+) -> None:
+    values = template_values(case, stage)
     assignee_email = ""
     if case.assignee_id is not None:
         assignee = db.session.get(User, case.assignee_id)

@@ -689,6 +689,11 @@ def _carry_out(
             raise case_service.CaseError("The rule's case type no longer exists.")
         values = {m.field: m.value for m in result.mapped if m.value}
         subject = " ".join(message.subject.split())[:300] or NO_SUBJECT
+        # A case opened just now was last updated just now: no second write to its row. Its
+        # first rows are written with the batch's (their order among themselves is kept),
+        # unless a stage action follows, whose entry must come after the email's.
+        later = batch if batch is not None and batch.optimistic and not rule.stage_action else None
+        entries: list[dict[str, Any]] | None = [] if later is not None else None
         result.case = case_service.open_case(
             case_type,
             values,
@@ -699,11 +704,10 @@ def _carry_out(
             require_fields=False,
             email_account=account,
             flush=False,
+            entries=entries,
         )
-        # A case opened just now was last updated just now: no second write to its row. Its
-        # first rows are written with the batch's (their order among themselves is kept),
-        # unless a stage action follows, whose entry must come after the email's.
-        later = batch if batch is not None and batch.optimistic and not rule.stage_action else None
+        if later is not None and entries:
+            later.rows += [(CaseEvent, result.case, entry) for entry in entries]
         _email_event(result.case, result.sender, message, touch=False, later=later)
         _store_attachments(result.case, result.attachments, message, later=later)
         if rule.send_ack and rule.ack_subject:
@@ -762,11 +766,16 @@ def _email_event(
 ) -> None:
     text = message.text.strip()
     body = f"Subject: {message.subject or NO_SUBJECT}\n\n{text}"
+    # The same columns as a "created" entry's: a batch's entries go in one statement only
+    # when they all name the same columns.
     values = {
         "kind": "email",
+        "actor_id": None,
         "actor": sender[:320],
         "channel": "email",
         "action": "Email in",
+        "from_stage": "",
+        "to_stage": "",
         "comment": body[:MAX_EVENT_TEXT],
         "created_at": utcnow(),
     }
