@@ -12,7 +12,7 @@ from typing import Any
 import pytest
 from sqlalchemy import select
 
-from tests.fixtures.app import both_databases
+from tests.fixtures.app import PASSWORD, both_databases, csrf_token
 from tests.support.approvals import MANAGER, REQUESTER, approval_draft
 from tests.support.replies import Desk, Request, set_up_desk
 from webapp.config import ConfigError, load_config
@@ -492,3 +492,37 @@ def test_the_request_lifetime_is_a_setting(app, desk, tmp_path):
     with pytest.raises(ConfigError, match="CASEMAIL_APPROVAL_TOKEN_DAYS must be at least 1"):
         load_config({"CASEMAIL_APPROVAL_TOKEN_DAYS": "0"}, str(tmp_path))
     assert load_config({}, str(tmp_path))["CASEMAIL_APPROVAL_TOKEN_DAYS"] == 14
+
+
+@both_databases
+def test_a_decision_on_the_case_page_uses_up_the_approvers_request(app, client, desk, make_user):
+    reference = desk.open_case()
+    request = desk.request(reference)
+    make_user("worker", email=MANAGER)
+    client.post(
+        "/login",
+        data={
+            "email": MANAGER,
+            "password": PASSWORD,
+            "csrf_token": csrf_token(client, "/login"),
+        },
+    )
+    with app.app_context():
+        version = case_service.find_case(reference).row_version
+    response = client.post(
+        f"/cases/{reference}/actions/approve",
+        data={
+            "csrf_token": csrf_token(client, f"/cases/{reference}"),
+            "row_version": version,
+            "comment": "Fine by me",
+        },
+    )
+    assert response.status_code == 302
+    approval = desk.approvals(reference)[MANAGER]
+    assert (approval.status, approval.decided_via) == ("approved", "web")
+
+    desk.ingest(desk.reply(request, "REJECT: changed my mind"))
+
+    assert desk.case(reference).stage == "payment"
+    assert _decided_by(desk, reference) == ["Approve"]
+    assert "used already" in desk.events(reference, "refused")[0].comment

@@ -283,6 +283,31 @@ def decide_by_link(approval: Approval, decision: str, comment: str) -> str:
     return _confirmation(approval, outcome)
 
 
+def record_decision(
+    case: Case, stage_visit: int, approver: str, decision: str, comment: str, *, via: str
+) -> None:
+    """Mark `approver`'s request for that visit of the stage as used by `decision`.
+
+    Called for every decision, wherever it was taken (the case page, the API, a reply, a
+    link), so that a request answered one way cannot be answered again another way.
+    """
+    approval = db.session.scalar(
+        select(Approval).where(
+            Approval.case_id == case.id,
+            Approval.stage_visit == stage_visit,
+            Approval.approver == approver.lower(),
+        )
+    )
+    if approval is None or approval.used_at is not None:
+        return
+    approval.status = (
+        ApprovalStatus.APPROVED.value if decision == APPROVE else ApprovalStatus.REJECTED.value
+    )
+    approval.used_at = utcnow()
+    approval.decided_via = via[:10]
+    approval.comment = comment.strip()[:MAX_EVENT_TEXT]
+
+
 def _decide(
     approval: Approval,
     decision: str,

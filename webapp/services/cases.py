@@ -19,6 +19,8 @@ from webapp.casetypes.definition import (
     check_values,
 )
 from webapp.casetypes.engine import (
+    APPROVE,
+    REJECT,
     Actor,
     CaseActionError,
     CaseSnapshot,
@@ -333,6 +335,7 @@ def apply_action(
         raise AlreadyProcessed(already)
     definition = definition_of(case)
     actor = actor_for(user, channel)
+    visit = case.stage_visit
     try:
         outcome = run_action(definition, snapshot_of(case), action, actor, comment.strip())
     except CaseActionError as exc:
@@ -360,6 +363,8 @@ def apply_action(
         db.session.flush()
     except StaleDataError:
         raise AlreadyProcessed(already) from None
+    if action in (APPROVE, REJECT) and actor.email:
+        approval_service.record_decision(case, visit, actor.email, action, comment, via=channel)
     return outcome
 
 
