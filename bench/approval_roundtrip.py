@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import secrets
 import shutil
 import signal
 import smtplib
@@ -34,7 +33,6 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-from cryptography.fernet import Fernet
 from imapclient import IMAPClient
 from redis import Redis
 from rq import Worker
@@ -43,6 +41,7 @@ from sqlalchemy import select
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from bench.support import save_mailbox_account, use_throwaway_instance  # noqa: E402
 from tests.fixtures.dovecot import DovecotServer, _find_dovecot, _mail_owner  # noqa: E402
 from tests.fixtures.smtp import CapturedMessage, SmtpServer, _Controller, _Recorder  # noqa: E402
 from tests.fixtures.tls import make_test_pki  # noqa: E402
@@ -57,7 +56,6 @@ from webapp.models import Case, CaseType, EmailAccount, EmailListener, OutboundK
 from webapp.services import cases as case_service  # noqa: E402
 from webapp.services import casetypes as casetype_service  # noqa: E402
 from webapp.services import rules as rule_service  # noqa: E402
-from webapp.services.accounts import save_account  # noqa: E402
 from webapp.services.outbox import queue_message  # noqa: E402
 
 PASSWORD = "bench-mailbox-password"  # noqa: S105 - a throwaway mailbox on a private server
@@ -91,25 +89,8 @@ def set_up(server: DovecotServer, user: str, smtp: SmtpServer) -> int:
     )
     casetype_service.save_draft(case_type, approval_draft())
     casetype_service.publish(case_type, None)
-    account = save_account(
-        None,
-        "bench",
-        {
-            "name": "Bench mailbox",
-            "smtp_email": MAILBOX_ADDRESS,
-            "smtp_user_id": MAILBOX_ADDRESS,
-            "smtp_auth": "none",
-            "smtp_host": smtp.host,
-            "smtp_port": smtp.port,
-            "smtp_security": "none",
-            "receiver_protocol": "imap",
-            "receiver_host": server.host,
-            "receiver_port": server.imap_port,
-            "receiver_security": "none",
-            "receiver_use_sender_credentials": False,
-            "receiver_user_id": user,
-        },
-        {"smtp_password": None, "receiver_password": PASSWORD},
+    account = save_mailbox_account(
+        MAILBOX_ADDRESS, server, user, PASSWORD, smtp_host=smtp.host, smtp_port=smtp.port
     )
     case_type.email_account_id = account.id
     rule = rule_service.save_rule(
@@ -322,13 +303,8 @@ def main() -> None:
 
     folder = Path(tempfile.mkdtemp(prefix="casemail-bench-"))
     folder.chmod(0o711)  # Dovecot's processes run as another user and must reach their files
-    os.environ.update(
-        CASEMAIL_ENV="development",
-        CASEMAIL_INSTANCE_PATH=str(folder / "instance"),
-        SECRET_KEY=secrets.token_hex(16),
-        CASEMAIL_SECRET_KEYS=Fernet.generate_key().decode(),
-        CASEMAIL_MAIL_HOST_POLICY="allow-private",
-        CASEMAIL_LOG_LEVEL="WARNING",
+    use_throwaway_instance(
+        folder,
         CASEMAIL_DEV_SANDBOX="0",
         DATABASE_URL=f"sqlite:///{folder}/bench.db",
         REDIS_URL=args.redis_url,

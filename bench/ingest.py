@@ -40,7 +40,6 @@ from email.message import EmailMessage
 from pathlib import Path
 
 import psycopg
-from cryptography.fernet import Fernet
 from flask import Flask
 from imapclient import IMAPClient
 from redis import Redis
@@ -51,6 +50,7 @@ from sqlalchemy import func, select
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from bench.support import save_mailbox_account, use_throwaway_instance  # noqa: E402
 from tests.fixtures.dovecot import DovecotServer, _find_dovecot, _mail_owner  # noqa: E402
 from tests.fixtures.tls import make_test_pki  # noqa: E402
 from webapp import create_app  # noqa: E402
@@ -58,7 +58,6 @@ from webapp.extensions import db  # noqa: E402
 from webapp.models import EmailListener, InboundMessage, InboundStatus  # noqa: E402
 from webapp.services import casetypes as casetype_service  # noqa: E402
 from webapp.services import rules as rule_service  # noqa: E402
-from webapp.services.accounts import save_account  # noqa: E402
 from webapp.services.receiving import poll  # noqa: E402
 from workers.inbound import enqueue_ingest, ingest_messages  # noqa: E402
 from workers.queues import INBOUND  # noqa: E402
@@ -162,26 +161,7 @@ def set_up_listener(server: DovecotServer, user: str) -> int:
             ],
         ),
     )
-    account = save_account(
-        None,
-        "bench",
-        {
-            "name": "Bench mailbox",
-            "smtp_email": "expenses@casemail.example",
-            "smtp_user_id": "expenses@casemail.example",
-            "smtp_auth": "none",
-            "smtp_host": "127.0.0.1",
-            "smtp_port": 25,
-            "smtp_security": "none",
-            "receiver_protocol": "imap",
-            "receiver_host": server.host,
-            "receiver_port": server.imap_port,
-            "receiver_security": "none",
-            "receiver_use_sender_credentials": False,
-            "receiver_user_id": user,
-        },
-        {"smtp_password": None, "receiver_password": PASSWORD},
-    )
+    account = save_mailbox_account("expenses@casemail.example", server, user, PASSWORD)
     listener = EmailListener(
         name="Bench listener",
         account_id=account.id,
@@ -419,14 +399,7 @@ def main() -> None:
 
     folder = Path(tempfile.mkdtemp(prefix="casemail-bench-"))
     folder.chmod(0o711)  # Dovecot's processes run as another user and must reach their files
-    os.environ.update(
-        CASEMAIL_ENV="development",
-        CASEMAIL_INSTANCE_PATH=str(folder / "instance"),
-        SECRET_KEY=secrets.token_hex(16),
-        CASEMAIL_SECRET_KEYS=Fernet.generate_key().decode(),
-        CASEMAIL_MAIL_HOST_POLICY="allow-private",
-        CASEMAIL_LOG_LEVEL="WARNING",
-    )
+    use_throwaway_instance(folder)
     messages = build_messages(args.messages)
     megabytes = sum(len(m) for m in messages) / 1e6
     print(

@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import secrets
 import smtplib
 import statistics
 import subprocess
@@ -27,7 +26,6 @@ import time
 from pathlib import Path
 from typing import Any
 
-from cryptography.fernet import Fernet
 from flask import current_app
 from redis import Redis
 from sqlalchemy import select
@@ -36,6 +34,7 @@ from sqlalchemy.orm import selectinload
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from bench.support import use_throwaway_instance  # noqa: E402
 from tests.fixtures.smtp import _Controller  # noqa: E402
 from webapp import create_app  # noqa: E402
 from webapp.extensions import db  # noqa: E402
@@ -227,13 +226,8 @@ def main() -> None:
     args = parser.parse_args()
     folder = Path(tempfile.mkdtemp(prefix="casemail-bench-outbox-"))
     database = args.database_url or f"sqlite:///{folder / 'bench.db'}"
-    os.environ.update(
-        CASEMAIL_ENV="development",
-        CASEMAIL_INSTANCE_PATH=str(folder / "instance"),
-        SECRET_KEY=secrets.token_hex(16),
-        CASEMAIL_SECRET_KEYS=Fernet.generate_key().decode(),
-        CASEMAIL_MAIL_HOST_POLICY="allow-private",
-        CASEMAIL_LOG_LEVEL="WARNING",
+    use_throwaway_instance(
+        folder,
         DATABASE_URL=database,
         REDIS_URL=args.redis_url,
         # High enough never to hold a message here, but still checked for every one.
