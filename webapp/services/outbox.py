@@ -92,24 +92,6 @@ def sending_account(case: Case | None) -> EmailAccount | None:
     return case.email_account or case.case_type.email_account
 
 
-def thread_of(case: Case) -> tuple[str | None, list[str]]:
-    """(In-Reply-To, References) that place a new message in the case's conversation."""
-    ids = [
-        message_id
-        for message_id in db.session.scalars(
-            select(InboundMessage.message_id)
-            .where(InboundMessage.case_id == case.id, InboundMessage.message_id.is_not(None))
-            .order_by(InboundMessage.id)
-        )
-        if message_id
-    ]
-    if not ids:
-        return None, []
-    # The first message starts the thread; the latest is the one answered.
-    references = list(dict.fromkeys([ids[0], ids[-1]]))
-    return ids[-1], references
-
-
 def queue_message(
     case: Case | None,
     *,
@@ -444,7 +426,9 @@ def _account_reply_to(account: EmailAccount) -> str:
 
 
 def _threads(rows: Sequence[Claimed]) -> dict[int, tuple[str | None, list[str]]]:
-    """thread_of for every case among `rows` whose messages do not name their thread."""
+    """(In-Reply-To, References) placing a message in its case's conversation, for every case
+    among `rows` whose messages do not name their thread: the case's first incoming message
+    starts the thread, its latest is the one answered."""
     case_ids = {r.case_id for r in rows if r.case_id is not None and not r.in_reply_to}
     if not case_ids:
         return {}
