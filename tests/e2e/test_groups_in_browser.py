@@ -56,6 +56,8 @@ def test_a_group_queue_from_admin_to_member(
     _sign_in(page, base, member.email)
     page.goto(f"{base}/cases/{reference}")
     page.get_by_role("button", name="Submit").click()
+    # Signing out before the submission's answer arrived could cancel it.
+    expect(page.get_by_role("alert")).to_contain_text("is now in Manager approval")
     _sign_out(page)
     _sign_in(page, base, "manager@example.com")
     page.goto(f"{base}/cases/{reference}")
