@@ -8,7 +8,7 @@ from sqlalchemy import func, select
 from tests.fixtures.app import both_databases
 from tests.support.inbound import load, make_route, message, store
 from webapp.extensions import db
-from webapp.models import Case, CaseAttachment, CaseEvent, EmailListener
+from webapp.models import Case, CaseAttachment, CaseEvent, EmailListener, OutboundMessage
 from webapp.services import cases as case_service
 from webapp.services import ingest as ingest_service
 from workers.inbound import ingest_messages
@@ -96,6 +96,48 @@ def test_a_batch_opens_cases_joins_replies_within_it_and_ignores_a_copy(app, rou
         assert [e.action for e in case.events] == ["Created", "Email in"]
         assert db.session.get(Case, taxi.case_id).reference == "EXP-1001"
     assert counters(app, listener_id) == (5, 0)
+
+
+@both_databases
+def test_replies_in_a_later_batch_join_the_cases_of_earlier_mail_and_of_our_answers(app, route):
+    listener_id = route(
+        send_ack=True, ack_subject="Received: {{ subject }}", ack_body="We have {{ case_id }}."
+    )
+    first = store(app, message(subject="Taxi", message_id="<t1@example.com>"), listener_id)
+    ingest_batch(app, [first])
+    with app.app_context():
+        ack = db.session.scalars(select(OutboundMessage)).one()
+        ack_id = ack.message_id
+    raws = [
+        # Answers the stored message (In-Reply-To), then our acknowledgement (References only).
+        message(
+            subject="Re: Taxi",
+            message_id="<t2@example.com>",
+            headers="In-Reply-To: <t1@example.com>\r\n",
+        ),
+        message(
+            subject="Re: Received: Taxi",
+            message_id="<t3@example.com>",
+            headers=f"References: <nowhere@example.com> {ack_id}\r\n",
+        ),
+        # Answers nothing we know: a case of its own.
+        message(
+            subject="Hotel",
+            message_id="<h1@example.com>",
+            headers="In-Reply-To: <unknown@example.com>\r\n",
+        ),
+    ]
+    ids = [store(app, raw, listener_id) for raw in raws]
+
+    ingest_batch(app, ids)
+
+    taxi = load(app, first)
+    reply, answer, hotel = (load(app, i) for i in ids)
+    assert reply.case_id == answer.case_id == taxi.case_id
+    assert reply.correlation.startswith("matched by In-Reply-To")
+    assert answer.correlation == "matched by In-Reply-To/References (References)"
+    assert hotel.case_id not in (None, taxi.case_id)
+    assert count(app, Case) == 2
 
 
 @both_databases

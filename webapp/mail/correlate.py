@@ -127,7 +127,7 @@ def correlate(
         if case is not None:
             return Correlation("reply_token", token, case, source)
 
-    message_ids = _answered_ids(message)
+    message_ids = answered_ids(message)
     if message_ids:
         matches = lookups.by_message_ids(message_ids)
         for message_id in message_ids:
@@ -143,7 +143,8 @@ def correlate(
     return Correlation("none", None, None)
 
 
-def _answered_ids(message: ParsedMessage) -> list[str]:
+def answered_ids(message: ParsedMessage) -> list[str]:
+    """The Message-IDs `message` answers, most specific first."""
     # In-Reply-To names the message answered; References lists the thread oldest first, so the
     # most recent ancestors are the most specific evidence.
     ordered: dict[str, None] = {}

@@ -33,7 +33,14 @@ from sqlalchemy.orm.exc import StaleDataError
 from webapp.casetypes.templating import render
 from webapp.extensions import db
 from webapp.mail import routing
-from webapp.mail.correlate import Correlation, Lookups, case_id_pattern, correlate, find_case_ids
+from webapp.mail.correlate import (
+    Correlation,
+    Lookups,
+    answered_ids,
+    case_id_pattern,
+    correlate,
+    find_case_ids,
+)
 from webapp.mail.filters import FilterOutcome, Limits, Screened, loop_breaker, screen
 from webapp.mail.parse import ParsedMessage
 from webapp.models import (
@@ -348,6 +355,8 @@ class Batch:
     opened: Counter[str] = field(default_factory=Counter)
     # Cases of the batch by the Message-IDs of its messages, for replies within the batch.
     threads: dict[str, Case] = field(default_factory=dict)
+    # Cases by the Message-IDs the batch's messages answer, as stored before the batch.
+    answered: dict[str, Case] = field(default_factory=dict)
     # In the optimistic pass messages share one savepoint and are flushed together; the
     # messages that opened a case get its id once all are written.
     optimistic: bool = False
@@ -532,6 +541,9 @@ def _read_shared(batch: Batch) -> None:
     """Read what the duplicate check, correlation and the loop breaker need for the batch."""
     batch.subject_pattern = _subject_pattern()
     messages = [s.message for s in batch.screened.values() if s.message is not None]
+    answered = sorted({mid for m in messages for mid in answered_ids(m)})
+    if answered:
+        batch.answered = _cases_by_message_ids(answered)
     message_ids = sorted({m.message_id for m in messages if m.message_id})
     if message_ids:
         first = func.min(InboundMessage.id)
@@ -1003,10 +1015,11 @@ def _subject_pattern() -> re.Pattern[str]:
 def _cases_by_message_ids(message_ids: Any, batch: Batch | None = None) -> dict[str, Case]:
     """Cases by the Message-IDs of messages they received or sent."""
     wanted = list(message_ids)
-    # A reply to a message of the same batch: that message may not be linked to its case yet.
-    in_batch = {m: batch.threads[m] for m in wanted if m in batch.threads} if batch else {}
-    if len(in_batch) == len(wanted):
-        return in_batch
+    if batch is not None:
+        # Read for the whole batch before its first message; a reply to a message of the same
+        # batch finds it among the batch's threads (it may not be linked to its case yet).
+        known = {m: batch.answered[m] for m in wanted if m in batch.answered}
+        return known | {m: batch.threads[m] for m in wanted if m in batch.threads}
     received = db.session.execute(
         select(InboundMessage.message_id, Case)
         .join(Case, Case.id == InboundMessage.case_id)
@@ -1017,8 +1030,7 @@ def _cases_by_message_ids(message_ids: Any, batch: Batch | None = None) -> dict[
         .join(Case, Case.id == OutboundMessage.case_id)
         .where(OutboundMessage.message_id.in_(wanted))
     )
-    found = {message_id: case for message_id, case in [*received, *sent] if message_id}
-    return found | in_batch
+    return {message_id: case for message_id, case in [*received, *sent] if message_id}
 
 
 def _bounced_case(message: ParsedMessage, original: str | None) -> tuple[Case | None, str]:
