@@ -106,7 +106,7 @@ class Case(Model):
         ForeignKey("case_type_versions.id", ondelete="RESTRICT"), index=True
     )
     number: Mapped[int]
-    reference: Mapped[str] = mapped_column(String(24), unique=True)
+    reference: Mapped[str] = mapped_column(String(24), unique=True, insert_sentinel=True)
     subject: Mapped[str] = mapped_column(String(300), default="")
     requester: Mapped[str] = mapped_column(String(320), default="", index=True)
     stage: Mapped[str] = mapped_column(String(40))

@@ -6,6 +6,7 @@ import copy
 import functools
 import json
 import re
+import weakref
 from typing import Any
 
 from sqlalchemy import func, select, update
@@ -317,7 +318,19 @@ def publish(case_type: CaseType, acting: User | None) -> CaseTypeVersion:
 
 def version_definition(version: CaseTypeVersion) -> Definition:
     """The definition of a published version (published definitions are always valid)."""
-    return _parsed_definition(json.dumps(version.definition, sort_keys=True))
+    # Canonical JSON costs more than the rest of the lookup: a version loaded once answers
+    # from its own entry for as long as its definition is the same object.
+    known = _by_version.get(version)
+    if known is not None and known[0] is version.definition:
+        return known[1]
+    parsed = _parsed_definition(json.dumps(version.definition, sort_keys=True))
+    _by_version[version] = (version.definition, parsed)
+    return parsed
+
+
+_by_version: weakref.WeakKeyDictionary[CaseTypeVersion, tuple[object, Definition]] = (
+    weakref.WeakKeyDictionary()
+)
 
 
 # Reading a definition costs about a millisecond and ingesting mail needs it twice per message.
