@@ -10,8 +10,10 @@ over one connection per account; one commit records a chunk's answers and claims
 from __future__ import annotations
 
 import logging
-from collections.abc import Sequence
-from typing import Any
+from collections.abc import Iterator, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
+from contextlib import contextmanager
+from typing import TYPE_CHECKING, Any
 
 from flask import Flask
 from redis.exceptions import RedisError
@@ -25,10 +27,13 @@ from webapp.models.types import utcnow
 from workers.app import job
 from workers.queues import OUTBOUND
 
+if TYPE_CHECKING:
+    from webapp.services.outbox import Answer, Claimed, Outgoing
+
 log = logging.getLogger(__name__)
 
 BATCH = 100  # messages per job
-CHUNK = 50  # messages per claim and per record commit: what a crash can leave uncertain
+CHUNK = 50  # messages per claim and per record commit; a crash can leave two uncertain
 DISPATCH_SECONDS = 15
 JOB_TIMEOUT = 900
 RESULT_TTL = 60  # the results are in the database; RQ's copy is for a quick look only
@@ -67,29 +72,64 @@ def enqueue_send(outbound_ids: Sequence[int]) -> bool:
 @job
 def send_outbound(outbound_ids: list[int]) -> list[Any]:
     """Send the given messages that are due and still pending; returns a SendResult for each
-    one this job sent, held or gave up on. Runs without RQ too, inside an app context."""
-    from webapp.services.outbox import Senders, claim, send_claimed
+    one this job sent, held or gave up on. Runs without RQ too, inside an app context.
+
+    The chunks go through a pipeline: while a thread of its own hands one chunk to the servers,
+    this thread records the chunk before and claims and prepares the next, so that the database
+    work and the building of messages happen while the network waits, not after it.
+    """
+    from webapp.services.outbox import Senders, claim, prepare, transmit
 
     chunks = [outbound_ids[start : start + CHUNK] for start in range(0, len(outbound_ids), CHUNK)]
     results: list[Any] = []
-    with Senders() as senders:
+    with (
+        Senders() as senders,
+        ThreadPoolExecutor(max_workers=1, thread_name_prefix="outbound-send") as wire,
+    ):
         claimed = claim(chunks[0], utcnow()) if chunks else []
         db.session.commit()
+        in_flight: _InFlight | None = None
         for following in [*chunks[1:], []]:
-            if claimed:
-                try:
-                    results.extend(send_claimed(claimed, senders))
-                except Exception:
-                    # What was handed to a server is unknown: the claimed messages stay
-                    # "sending" and become "uncertain", never sent again unnoticed.
-                    db.session.rollback()
-                    log.exception("sending outbound messages %s failed", [c.id for c in claimed])
-                    raise
-            # One commit records this chunk's answers and claims the next chunk, which is
-            # therefore committed "sending" before any of it reaches a server.
+            with _uncertain_on_error(claimed, in_flight):
+                outgoing, held = prepare(claimed, senders)
+                results.extend(held)
+                sending = (outgoing, wire.submit(transmit, outgoing)) if outgoing else None
+                if in_flight is not None:
+                    results.extend(_settle(in_flight))
+            in_flight = sending
+            # One commit records the chunk before and claims the next one, which is therefore
+            # committed "sending" before any of it reaches a server.
             claimed = claim(following, utcnow())
             db.session.commit()
+        if in_flight is not None:
+            with _uncertain_on_error([], in_flight):
+                results.extend(_settle(in_flight))
+            db.session.commit()
     return results
+
+
+_InFlight = tuple[Sequence["Outgoing"], "Future[list[Answer]]"]
+
+
+def _settle(in_flight: _InFlight) -> list[Any]:
+    """Wait for a chunk's answers and record them (the caller commits)."""
+    from webapp.services.outbox import finish
+
+    outgoing, answers = in_flight
+    return finish(outgoing, answers.result())
+
+
+@contextmanager
+def _uncertain_on_error(claimed: Sequence[Claimed], in_flight: _InFlight | None) -> Iterator[None]:
+    try:
+        yield
+    except Exception:
+        # What was handed to a server is unknown: the claimed messages stay "sending" and
+        # become "uncertain", never sent again unnoticed.
+        db.session.rollback()
+        ids = [c.id for c in claimed] + ([o.row.id for o in in_flight[0]] if in_flight else [])
+        log.exception("sending outbound messages %s failed", ids)
+        raise
 
 
 @job

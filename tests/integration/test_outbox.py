@@ -25,9 +25,10 @@ from webapp.models import (
 )
 from webapp.models.types import utcnow
 from webapp.services import cases as case_service
+from webapp.services import outbox as outbox_service
 from webapp.services.approval_links import APPROVE_MARK
 from webapp.services.outbox import BACKOFF, UNCERTAIN_REASON, queue_message
-from workers.outbound import dispatch_outbox, send_outbound
+from workers.outbound import CHUNK, dispatch_outbox, send_outbound
 from workers.queues import OUTBOUND
 from workers.worker import run_worker
 
@@ -431,6 +432,55 @@ def test_the_sweeper_adds_no_jobs_while_send_jobs_wait(app, smtp_account):
     assert row(app, outbound_id).status == "sent"
 
 
+@both_databases
+def test_a_job_of_several_chunks_sends_and_records_each_message_once(app, smtp_account):
+    server, account_id = smtp_account
+    count = 2 * CHUNK + 7  # two full chunks in the pipeline and a short one
+    ids = [queue(app, account_id, recipients=[f"reader{n}@example.org"]) for n in range(count)]
+
+    results = send(app, ids)
+
+    assert sorted(r.outbound_id for r in results) == ids
+    assert {r.status for r in results} == {"sent"}
+    received = server.wait_for(count)
+    assert sorted(m.rcpt_tos[0] for m in received) == sorted(
+        f"reader{n}@example.org" for n in range(count)
+    )
+    with app.app_context():
+        statuses = db.session.scalars(
+            select(OutboundMessage.status).where(OutboundMessage.id.in_(ids))
+        ).all()
+    assert statuses == ["sent"] * count
+    assert send(app, ids) == []  # nothing is sent twice
+
+
+def test_a_fault_while_the_next_chunk_is_prepared_leaves_the_chunk_on_the_wire_uncertain(
+    app, smtp_account, monkeypatch
+):
+    server, account_id = smtp_account
+    ids = [queue(app, account_id, recipients=[f"r{n}@example.org"]) for n in range(CHUNK + 1)]
+
+    prepared: list[int] = []
+    real_prepare = outbox_service.prepare
+
+    def prepare_once(*args: Any, **kwargs: Any) -> Any:
+        prepared.append(1)
+        if len(prepared) == 2:
+            raise RuntimeError("worker killed")
+        return real_prepare(*args, **kwargs)
+
+    monkeypatch.setattr(outbox_service, "prepare", prepare_once)
+    with pytest.raises(RuntimeError):
+        send(app, ids)
+    monkeypatch.undo()
+    # The first chunk was handed to the server; no answer of it was recorded. The second
+    # chunk was claimed but never sent. Both stay "sending": none is sent again unnoticed.
+    assert len(server.wait_for(CHUNK)) == CHUNK
+    assert {row(app, i).status for i in ids} == {"sending"}
+    assert send(app, ids) == []
+    assert len(server.messages) == CHUNK
+
+
 def test_a_crash_after_sending_leaves_it_sending_then_uncertain(app, smtp_account, monkeypatch):
     server, account_id = smtp_account
     outbound_id = queue(app, account_id)
@@ -439,7 +489,7 @@ def test_a_crash_after_sending_leaves_it_sending_then_uncertain(app, smtp_accoun
         raise RuntimeError("worker killed")
 
     # The server took the message; the worker dies before recording its answer.
-    monkeypatch.setattr("webapp.services.outbox.record", crash)
+    monkeypatch.setattr("webapp.services.outbox.finish", crash)
     with pytest.raises(RuntimeError):
         send(app, [outbound_id])
     monkeypatch.undo()

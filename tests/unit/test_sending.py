@@ -3,10 +3,14 @@ as permanent, and how a batch uses its connection."""
 
 from __future__ import annotations
 
+import smtplib
+
+import pytest
+
 from webapp.mail.connect import Endpoint
 from webapp.mail.hostpolicy import HostPolicy
 from webapp.mail.sending import Outcome, SmtpSession
-from webapp.mail.smtp import SmtpLogin
+from webapp.mail.smtp import SmtpLogin, envelope_address
 
 RAW = b"From: a@example.com\r\nTo: b@example.org\r\nSubject: Hi\r\n\r\nHello\r\n"
 POLICY = HostPolicy.ALLOW_PRIVATE
@@ -78,3 +82,30 @@ def test_a_dropped_connection_is_opened_again_for_the_next_message(scripted_smtp
     assert dropped.outcome == Outcome.RETRY and dropped.answer.startswith("421")
     assert after.outcome == Outcome.SENT
     assert scripted_smtp.connections == 2
+
+
+ADDRESSES = [
+    "a@example.com",
+    "first.last+tag@mail.example.org",
+    "o'brien@example.ie",
+    "weird{}|~@example.com",
+    '"quoted local"@example.com',  # not a dot-atom: smtplib's own quoting
+    "Name <inside@example.com>",  # a display name: smtplib keeps only the address
+    "a..b@example.com",  # not a dot-atom either
+    "",  # the null sender of RFC 5321
+]
+
+
+@pytest.mark.parametrize("address", ADDRESSES)
+def test_envelope_addresses_are_written_as_smtplib_writes_them(address):
+    assert envelope_address(address) == smtplib.quoteaddr(address)
+
+
+def test_the_server_gets_the_envelope_smtplib_would_send(scripted_smtp):
+    recipients = ["first.last+tag@mail.example.org", "Name <inside@example.com>"]
+    with _session(scripted_smtp.port) as session:
+        delivery = session.send("bounces+x@example.com", recipients, RAW)
+    assert delivery.outcome == Outcome.SENT
+    (message,) = scripted_smtp.wait_for(1)
+    assert message.mail_from == "bounces+x@example.com"
+    assert message.rcpt_tos == ["first.last+tag@mail.example.org", "inside@example.com"]

@@ -21,7 +21,7 @@ from email.utils import make_msgid
 from typing import Any
 
 from flask import current_app
-from sqlalchemy import and_, func, or_, select, update
+from sqlalchemy import and_, bindparam, func, or_, select, update
 from sqlalchemy.sql.elements import ColumnElement
 
 from webapp.extensions import db
@@ -609,6 +609,17 @@ def _not_delivered(row: Claimed, last_error: str, now: datetime) -> None:
     )
 
 
+_RECORDED_COLUMNS = (
+    "status",
+    "attempts",
+    "sending_at",
+    "sent_at",
+    "next_attempt_at",
+    "token_encrypted",
+    "last_error",
+)
+
+
 def _unchanged(row: Claimed) -> dict[str, Any]:
     """Every column `record` writes, as the claim left it: one shape for one executemany."""
     return {
@@ -666,10 +677,20 @@ def outcome(row: Claimed, delivery: Delivery, now: datetime) -> dict[str, Any]:
     return values
 
 
+# Built once and run on the session's connection: one executemany, without the ORM's bulk
+# update machinery, which costs more than the statement itself for a chunk of messages.
+_RECORD = (
+    update(OutboundMessage)
+    .where(OutboundMessage.id == bindparam("b_id"))
+    .values({name: bindparam(f"b_{name}") for name in _RECORDED_COLUMNS})
+)
+
+
 def record(changes: Sequence[dict[str, Any]]) -> None:
     """Write what `held` and `outcome` return, in one executemany UPDATE (commit after)."""
     if changes:
-        db.session.execute(update(OutboundMessage), list(changes))
+        rows = [{f"b_{name}": value for name, value in values.items()} for values in changes]
+        db.session.connection().execute(_RECORD, rows)
 
 
 def _result(values: dict[str, Any]) -> SendResult:
@@ -679,10 +700,32 @@ def _result(values: dict[str, Any]) -> SendResult:
     return SendResult(values["id"], values["status"], detail)
 
 
-def send_claimed(rows: Sequence[Claimed], senders: Senders) -> list[SendResult]:
-    """Hold, build, send and record claimed messages (the caller commits once after)."""
+@dataclass(frozen=True, slots=True)
+class Outgoing:
+    """A claimed message made ready: its bytes and sender, or why it cannot go."""
+
+    row: Claimed
+    sender: Sender | None
+    built: _Built | None
+    failure: Delivery | None
+
+
+@dataclass(frozen=True, slots=True)
+class Answer:
+    """What the server said about one Outgoing message, and when."""
+
+    delivery: Delivery
+    at: datetime
+
+
+def prepare(rows: Sequence[Claimed], senders: Senders) -> tuple[list[Outgoing], list[SendResult]]:
+    """Hold, build and pick the sender of claimed messages: (what to transmit, the held).
+
+    The held ones are recorded now (flushed, for the caller to commit), so that the limits of
+    the next chunk, prepared before this one is recorded, do not count them.
+    """
     if not rows:
-        return []
+        return [], []
     now = utcnow()
     case_ids = {r.case_id for r in rows if r.case_id is not None}
     references: dict[int, str] = (
@@ -696,32 +739,56 @@ def send_claimed(rows: Sequence[Claimed], senders: Senders) -> list[SendResult]:
         for a in db.session.scalars(select(EmailAccount).where(EmailAccount.id.in_(account_ids)))
     }
     reasons = hold_over_limit(rows, now, references)
-    changes = [held(r, reasons[r.id]) for r in rows if r.id in reasons]
+    held_changes = [held(r, reasons[r.id]) for r in rows if r.id in reasons]
+    record(held_changes)
     todo = [r for r in rows if r.id not in reasons]
     builder = _Builder(todo, references)
+    outgoing: list[Outgoing] = []
     for row in todo:
         account = accounts.get(row.account_id) if row.account_id is not None else None
         try:
             built = builder.build(row, account)
         except _BuildError as exc:
-            delivery = Delivery(Outcome.FAILED, str(exc))
+            outgoing.append(Outgoing(row, None, None, Delivery(Outcome.FAILED, str(exc))))
         except Exception as exc:
             # One message that trips a fault must not stop the batch (whose messages sent so
             # far could then only be recorded as uncertain).
             log.exception("outbound message %s could not be built", row.id)
-            delivery = Delivery(
+            failure = Delivery(
                 Outcome.FAILED,
                 f"The message could not be built because of an internal error "
                 f"({type(exc).__name__}); it was logged.",
             )
+            outgoing.append(Outgoing(row, None, None, failure))
         else:
             assert account is not None
-            delivery = senders.for_account(account).send(built.sender, built.recipients, built.raw)
-        answered = utcnow()
-        values = outcome(row, delivery, answered)
+            outgoing.append(Outgoing(row, senders.for_account(account), built, None))
+    return outgoing, [_result(values) for values in held_changes]
+
+
+def transmit(outgoing: Sequence[Outgoing]) -> list[Answer]:
+    """Hand the prepared messages to their servers, in order: network only, no database, so
+    that it can run while the next messages are prepared."""
+    answers: list[Answer] = []
+    for item in outgoing:
+        if item.built is None or item.sender is None:
+            assert item.failure is not None
+            delivery = item.failure
+        else:
+            built = item.built
+            delivery = item.sender.send(built.sender, built.recipients, built.raw)
+        answers.append(Answer(delivery, utcnow()))
+    return answers
+
+
+def finish(outgoing: Sequence[Outgoing], answers: Sequence[Answer]) -> list[SendResult]:
+    """Record what the servers answered (the caller commits)."""
+    changes = []
+    for item, answer in zip(outgoing, answers, strict=True):
+        values = outcome(item.row, answer.delivery, answer.at)
         if values["status"] == OutboundStatus.FAILED.value:
-            _not_delivered(row, values["last_error"], answered)
-            log.warning("outbound message %s failed: %s", row.id, values["last_error"])
+            _not_delivered(item.row, values["last_error"], answer.at)
+            log.warning("outbound message %s failed: %s", item.row.id, values["last_error"])
         changes.append(values)
     record(changes)
     return [_result(values) for values in changes]
