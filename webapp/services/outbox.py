@@ -256,7 +256,9 @@ def claim(outbound_ids: Sequence[int], now: datetime) -> list[Claimed]:
     """
     if not outbound_ids:
         return []
-    result = db.session.execute(
+    # On the session's connection: the ORM's bulk update machinery would cost more than the
+    # statement, and no loaded OutboundMessage needs to see the change.
+    result = db.session.connection().execute(
         update(OutboundMessage)
         .where(
             OutboundMessage.id.in_(list(outbound_ids)),
@@ -269,7 +271,6 @@ def claim(outbound_ids: Sequence[int], now: datetime) -> list[Claimed]:
             attempts=OutboundMessage.attempts + 1,
         )
         .returning(*_CLAIMED)
-        .execution_options(synchronize_session=False)
     )
     claimed = [Claimed(*values) for values in result]
     claimed.sort(key=lambda c: c.id)
