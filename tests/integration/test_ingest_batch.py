@@ -262,3 +262,57 @@ def test_a_case_that_keeps_changing_leaves_the_message_for_the_reconciler(app, r
     assert reply.attempts == 3
     assert emails_in(app) == 1
     assert count(app, CaseAttachment) == 0
+
+
+@both_databases
+def test_case_numbers_stay_consecutive_across_failures_batches_and_other_cases(
+    app, route, monkeypatch
+):
+    listener_id = route()
+    subjects = ["One", "Explodes", "Two", "Three"]
+    ids = [
+        store(app, message(subject=subject, message_id=f"<n{n}@example.com>"), listener_id)
+        for n, subject in enumerate(subjects)
+    ]
+    # A message whose sender cannot be a requester is refused before it takes a number.
+    ids.append(
+        store(
+            app,
+            message(subject="Refused", sender="root@localhost", message_id="<r@example.com>"),
+            listener_id,
+        )
+    )
+    real = ingest_service._email_event
+
+    def explode_on_one(case, sender, parsed, **kwargs):
+        if parsed.subject == "Explodes":
+            raise RuntimeError("disk on fire")
+        real(case, sender, parsed, **kwargs)
+
+    monkeypatch.setattr(ingest_service, "_email_event", explode_on_one)
+    ingest_batch(app, ids)
+    monkeypatch.undo()
+    later = [
+        store(app, message(subject=s, message_id=f"<l{s}@example.com>"), listener_id)
+        for s in ("Four", "Five")
+    ]
+    ingest_batch(app, later)
+    with app.app_context():
+        by_web = case_service.open_case(
+            db.session.get(Case, load(app, ids[0]).case_id).case_type,
+            {"amount": "1", "category": "Travel"},
+            subject="Typed in",
+            requester="web@example.com",
+            user=None,
+            require_fields=False,
+        )
+        db.session.commit()
+        references = db.session.scalars(select(Case.reference).order_by(Case.id)).all()
+        by_web_reference = by_web.reference
+    # Five cases by email (one message failed, one was refused), then one from the web page:
+    # numbered one after the other, none skipped, none twice.
+    assert references == [f"EXP-{1001 + n}" for n in range(6)]
+    assert by_web_reference == "EXP-1006"
+    with app.app_context():
+        subjects_by_reference = dict(db.session.execute(select(Case.reference, Case.subject)).all())
+    assert subjects_by_reference["EXP-1003"] == "Three"

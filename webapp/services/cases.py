@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -89,26 +90,53 @@ def snapshot_of(case: Case) -> CaseSnapshot:
     )
 
 
-# One UPDATE both reserves the number and locks the counter row until commit, so two
-# transactions never get the same number and a rolled-back one gives its number back. Built
+# One UPDATE both reserves numbers and locks the counter row until commit, so two
+# transactions never get the same number and a rolled-back one gives its numbers back. Built
 # once and run on the session's connection: no autoflush of unrelated pending rows, no ORM cost.
-_NEXT_NUMBER = (
+def _next_number(case_type_id: int) -> int:
+    return reserve_numbers(case_type_id, 1)
+
+
+_RESERVE = (
     update(CaseCounter)
     .where(CaseCounter.case_type_id == bindparam("type_id"))
-    .values(next_number=CaseCounter.next_number + 1)
+    .values(next_number=CaseCounter.next_number + bindparam("count"))
     .returning(CaseCounter.next_number)
+)
+_GIVE_BACK = (
+    update(CaseCounter)
+    .where(
+        CaseCounter.case_type_id == bindparam("type_id"),
+        CaseCounter.next_number == bindparam("end"),
+    )
+    .values(next_number=CaseCounter.next_number - bindparam("count"))
 )
 
 
-def _next_number(case_type_id: int) -> int:
-    number = (
+def reserve_numbers(case_type_id: int, count: int) -> int:
+    """Reserve `count` consecutive case numbers of a case type; returns the first.
+
+    The counter row stays locked until the transaction ends, so a caller that reserves for
+    a batch hands them out in order and gives back what it did not use (`give_back_numbers`)
+    without leaving gaps. Raises CaseError when the case type has no counter.
+    """
+    end = (
         db.session.connection()
-        .execute(_NEXT_NUMBER, {"type_id": case_type_id})
+        .execute(_RESERVE, {"type_id": case_type_id, "count": count})
         .scalar_one_or_none()
     )
-    if number is None:
+    if end is None:
         raise CaseError("This case type has no case counter; re-create it.")
-    return number - 1
+    return end - count
+
+
+def give_back_numbers(case_type_id: int, first_unused: int, end: int) -> None:
+    """Return the unused top of a reservation, numbers first_unused..end-1, to the counter;
+    nothing when another number was taken after the reservation (a gap, never a reuse)."""
+    if first_unused < end:
+        db.session.connection().execute(
+            _GIVE_BACK, {"type_id": case_type_id, "end": end, "count": end - first_unused}
+        )
 
 
 def open_case(
@@ -123,6 +151,7 @@ def open_case(
     email_account: EmailAccount | None = None,
     flush: bool = True,
     entries: list[dict[str, Any]] | None = None,
+    number: Callable[[], int] | None = None,
 ) -> Case:
     """Open a case on the newest published version; raises CaseError (with field errors).
 
@@ -131,7 +160,8 @@ def open_case(
     flushes (ingest writes a message's case, its events and attachments in one flush).
     With `entries` the "created" timeline entry is not added to the session: its column
     values are appended there, for the caller to insert with the case's id once the case is
-    written (ingest inserts a batch's entries in one statement).
+    written (ingest inserts a batch's entries in one statement). `number` hands out the
+    case's number from a reservation (`reserve_numbers`) instead of the counter.
     """
     version = case_type.latest_version
     if version is None:
@@ -152,13 +182,13 @@ def open_case(
         errors["requester"] = "Enter the requester's email address, such as name@example.com."
     if errors:
         raise CaseError("Some fields need a change: " + " ".join(errors.values()), errors)
-    number = _next_number(case_type.id)
+    number_of_case = number() if number is not None else _next_number(case_type.id)
     now = utcnow()
     case = Case(
         case_type=case_type,
         version=version,
-        number=number,
-        reference=f"{case_type.prefix}-{number}",
+        number=number_of_case,
+        reference=f"{case_type.prefix}-{number_of_case}",
         subject=subject,
         requester=requester,
         fields=cleaned,

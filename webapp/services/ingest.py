@@ -20,7 +20,7 @@ from __future__ import annotations
 import logging
 import re
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import timedelta
 from typing import Any, cast
@@ -365,11 +365,38 @@ class Batch:
     rows: list[tuple[type[CaseEvent] | type[CaseAttachment], Case, dict[str, Any]]] = field(
         default_factory=list
     )
+    # Case numbers reserved for the batch, by case type: [next to hand out, end of the block].
+    numbers: dict[int, list[int]] = field(default_factory=dict)
+    # Where they stood when the message at hand began, one message at a time.
+    mark: dict[int, int] = field(default_factory=dict)
 
     def take_screened(self, inbound: InboundMessage) -> Screened | bytes:
         """The message as screened before the claim (its raw bytes if it was not)."""
         screened = self.screened.get(inbound.id)
         return screened if screened is not None else inbound.raw
+
+    def number_source(self, case_type_id: int) -> Callable[[], int] | None:
+        """Where a new case of this type takes its number: the batch's reservation while it
+        lasts, else (None) the counter."""
+        block = self.numbers.get(case_type_id)
+        if block is None or block[0] >= block[1]:
+            return None
+
+        def take() -> int:
+            number = block[0]
+            block[0] += 1
+            return number
+
+        return take
+
+    def numbers_mark(self) -> dict[int, int]:
+        """Where each reservation stands, for `numbers_back` after a rollback."""
+        return {type_id: block[0] for type_id, block in self.numbers.items()}
+
+    def numbers_back(self, mark: dict[int, int]) -> None:
+        """Hand out again the numbers of cases that a rollback took away."""
+        for type_id, position in mark.items():
+            self.numbers[type_id][0] = position
 
     def remember(self, inbound: InboundMessage, result: Plan) -> None:
         """Count what a message did, for the messages after it in the batch."""
@@ -429,6 +456,7 @@ def ingest_batch(inbound_ids: Sequence[int]) -> list[int]:
         )
     }
     _read_shared(batch)
+    _reserve_numbers(batch, listeners)
     tally = Tally()
     retry: list[int] = []
     pending = sorted(batch.claimed)
@@ -448,8 +476,30 @@ def ingest_batch(inbound_ids: Sequence[int]) -> list[int]:
             retry += _ingest_one_by_one(batch, before, tally)
         retry += _ingest_one_by_one(batch, [failed], tally)
         pending = pending[at + 1 :]
+    for type_id, (first_unused, end) in batch.numbers.items():
+        case_service.give_back_numbers(type_id, first_unused, end)
     count_outcomes(tally)
     return retry
+
+
+def _reserve_numbers(batch: Batch, listeners: dict[int, EmailListener]) -> None:
+    """Reserve the case numbers the batch may need, one statement per case type instead of
+    one per new case: as many as there are messages whose listener's rule opens cases of the
+    type. The counter rows stay locked until the commit; what is left is given back before it,
+    so the numbering has no gaps. (Mail routed by a channel takes its numbers one by one.)"""
+    wanted: Counter[int] = Counter()
+    for inbound in batch.claimed.values():
+        listener = listeners.get(inbound.listener_id) if inbound.listener_id else None
+        rule = listener.rule if listener is not None and listener.channel is None else None
+        if rule is not None and rule.action == RuleAction.CREATE_CASE.value and rule.case_type_id:
+            wanted[rule.case_type_id] += 1
+    # In one order everywhere, so that two workers lock counter rows without a deadlock.
+    for type_id in sorted(wanted):
+        try:
+            first = case_service.reserve_numbers(type_id, wanted[type_id])
+        except case_service.CaseError:
+            continue  # no counter: each case reports it when it asks for a number
+        batch.numbers[type_id] = [first, first + wanted[type_id]]
 
 
 def _ingest_together(batch: Batch, ids: list[int], tally: Tally) -> int | None:
@@ -461,6 +511,7 @@ def _ingest_together(batch: Batch, ids: list[int], tally: Tally) -> int | None:
     savepoint and two flushes per message.
     """
     processed, opened, threads = dict(batch.processed), Counter(batch.opened), dict(batch.threads)
+    numbers = batch.numbers_mark()
     together = Tally()
     savepoint = db.session.begin_nested()
     batch.optimistic = True
@@ -484,6 +535,7 @@ def _ingest_together(batch: Batch, ids: list[int], tally: Tally) -> int | None:
         # the pass back (the claim stays).
         _undo(savepoint)
         batch.processed, batch.opened, batch.threads = processed, opened, threads
+        batch.numbers_back(numbers)
         return at
     finally:
         batch.optimistic = False
@@ -499,6 +551,7 @@ def _ingest_one_by_one(batch: Batch, ids: list[int], tally: Tally) -> list[int]:
     retry: list[int] = []
     for inbound_id in ids:
         listener_id = batch.claimed[inbound_id].listener_id
+        batch.mark = batch.numbers_mark()
         savepoint = db.session.begin_nested()
         try:
             ingest_message(inbound_id, tally, batch=batch)
@@ -506,12 +559,14 @@ def _ingest_one_by_one(batch: Batch, ids: list[int], tally: Tally) -> list[int]:
                 savepoint.commit()
         except IngestError as exc:
             _undo(savepoint)
+            batch.numbers_back(batch.mark)
             log.warning("inbound message %s: %s", inbound_id, exc)
             retry.append(inbound_id)
         except OperationalError:
             raise
         except Exception as exc:
             _undo(savepoint)
+            batch.numbers_back(batch.mark)
             log.exception("ingest of inbound message %s failed; quarantined", inbound_id)
             quarantine_failed(inbound_id, exc)
             if listener_id is not None:
@@ -717,6 +772,7 @@ def _carry_out(
             email_account=account,
             flush=False,
             entries=entries,
+            number=batch.number_source(case_type.id) if batch is not None else None,
         )
         if later is not None and entries:
             later.rows += [(CaseEvent, result.case, entry) for entry in entries]
@@ -914,6 +970,8 @@ def _roll_back(batch: Batch | None = None) -> None:
     savepoint = db.session().get_nested_transaction()
     if savepoint is not None:
         savepoint.rollback()
+        if batch is not None:
+            batch.numbers_back(batch.mark)
     else:
         db.session.rollback()
 
