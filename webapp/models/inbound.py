@@ -4,13 +4,16 @@ from __future__ import annotations
 
 import enum
 from datetime import datetime
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from sqlalchemy import JSON, BigInteger, ForeignKey, LargeBinary, String, Text, UniqueConstraint
-from sqlalchemy.orm import Mapped, mapped_column
+from sqlalchemy.orm import Mapped, mapped_column, relationship
 
 from webapp.extensions import Model
 from webapp.models.types import UTCDateTime, utcnow
+
+if TYPE_CHECKING:
+    from webapp.models.cases import Case
 
 
 class InboundStatus(enum.StrEnum):
@@ -60,6 +63,9 @@ class InboundMessage(Model):
     case_id: Mapped[int | None] = mapped_column(
         ForeignKey("cases.id", ondelete="SET NULL"), index=True
     )
+    # Set through the object, a message and the case it opens are written in one flush: the
+    # case's row first, then the message's with the case's new id.
+    case: Mapped[Case | None] = relationship()
     correlation: Mapped[str] = mapped_column(Text, default="")
     decisions: Mapped[list[Any]] = mapped_column(JSON, default=list)
     attempts: Mapped[int] = mapped_column(default=0)

@@ -315,7 +315,7 @@ def ingest_message(
                 db.session.get(EmailAccount, inbound.account_id) if inbound.account_id else None
             )
             _carry_out(result, rule, account, batch)
-        _record(inbound, result, batch)
+        _record(inbound, result)
         if listener is not None:
             _count(listener.id, result.status, tally)
             _tell_sender(listener, result)
@@ -357,10 +357,8 @@ class Batch:
     threads: dict[str, Case] = field(default_factory=dict)
     # Cases by the Message-IDs the batch's messages answer, as stored before the batch.
     answered: dict[str, Case] = field(default_factory=dict)
-    # In the optimistic pass messages share one savepoint and are flushed together; the
-    # messages that opened a case get its id once all are written.
+    # In the optimistic pass messages share one savepoint and are flushed together.
     optimistic: bool = False
-    links: list[tuple[InboundMessage, Case]] = field(default_factory=list)
     # Rows of new cases (email events, attachments) inserted together once the cases have ids.
     rows: list[tuple[type[CaseEvent] | type[CaseAttachment], Case, dict[str, Any]]] = field(
         default_factory=list
@@ -521,8 +519,6 @@ def _ingest_together(batch: Batch, ids: list[int], tally: Tally) -> int | None:
             ingest_message(inbound_id, together, batch=batch)
         at = len(ids)
         db.session.flush()
-        for inbound, case in batch.links:
-            inbound.case_id = case.id
         for model in (CaseEvent, CaseAttachment):
             rows = [{**values, "case_id": case.id} for m, case, values in batch.rows if m is model]
             if rows:
@@ -539,7 +535,6 @@ def _ingest_together(batch: Batch, ids: list[int], tally: Tally) -> int | None:
         return at
     finally:
         batch.optimistic = False
-        batch.links.clear()
         batch.rows.clear()
     savepoint.commit()
     tally.update(together)
@@ -893,17 +888,12 @@ def _queue_mail(
     )
 
 
-def _record(inbound: InboundMessage, result: Plan, batch: Batch | None = None) -> None:
-    if result.case is not None and result.case.id is None:
-        # A case opened just now has no id before it is written; a batch links its cases
-        # after writing them all at once.
-        if batch is not None and batch.optimistic:
-            batch.links.append((inbound, result.case))
-        else:
-            db.session.flush()
+def _record(inbound: InboundMessage, result: Plan) -> None:
     inbound.status = result.status
     inbound.status_reason = result.summary
-    inbound.case_id = result.case.id if result.case else None
+    # A case opened just now has no id before it is written: the flush that writes it gives
+    # the message its id, in the same UPDATE as the rest.
+    inbound.case = result.case
     inbound.correlation = result.correlation
     inbound.decisions = result.decisions
     inbound.processed_at = utcnow()
