@@ -49,6 +49,18 @@ def emails_in(app) -> int:
     return count(app, CaseEvent, CaseEvent.action == "Email in")
 
 
+def explode_on(monkeypatch, subject: str) -> None:
+    """Make writing the email entry of the message with `subject` fail unexpectedly."""
+    real = ingest_service._email_event
+
+    def explode_on_one(case, sender, parsed, **kwargs):
+        if parsed.subject == subject:
+            raise RuntimeError("disk on fire")
+        real(case, sender, parsed, **kwargs)
+
+    monkeypatch.setattr(ingest_service, "_email_event", explode_on_one)
+
+
 @both_databases
 def test_a_batch_opens_cases_joins_replies_within_it_and_ignores_a_copy(app, route):
     listener_id = route()
@@ -176,14 +188,7 @@ def test_an_unexpected_failure_quarantines_that_message_only(app, route, monkeyp
         store(app, message(subject=subject, message_id=f"<{n}@example.com>"), listener_id)
         for n, subject in enumerate(["Fine", "Explodes", "Also fine"])
     ]
-    real = ingest_service._email_event
-
-    def explode_on_one(case, sender, parsed, **kwargs):
-        if parsed.subject == "Explodes":
-            raise RuntimeError("disk on fire")
-        real(case, sender, parsed, **kwargs)
-
-    monkeypatch.setattr(ingest_service, "_email_event", explode_on_one)
+    explode_on(monkeypatch, "Explodes")
 
     ingest_batch(app, ids)
 
@@ -282,14 +287,7 @@ def test_case_numbers_stay_consecutive_across_failures_batches_and_other_cases(
             listener_id,
         )
     )
-    real = ingest_service._email_event
-
-    def explode_on_one(case, sender, parsed, **kwargs):
-        if parsed.subject == "Explodes":
-            raise RuntimeError("disk on fire")
-        real(case, sender, parsed, **kwargs)
-
-    monkeypatch.setattr(ingest_service, "_email_event", explode_on_one)
+    explode_on(monkeypatch, "Explodes")
     ingest_batch(app, ids)
     monkeypatch.undo()
     later = [
