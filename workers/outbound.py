@@ -4,7 +4,8 @@ sweeper that sends whatever that job missed.
 A message is claimed ("sending", committed) before the server is contacted, and its result is
 recorded after: a crash in between leaves it "sending", which the sweeper turns into "uncertain"
 for an admin to decide, so no message goes out twice unnoticed. One job carries a batch, sent
-over one connection per account; one commit records a chunk's answers and claims the next.
+in chunks over one connection per account by a thread of its own; one commit records the
+answers of the chunk before the one on the wire and claims the one after it.
 """
 
 from __future__ import annotations
@@ -33,7 +34,7 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 BATCH = 100  # messages per job
-CHUNK = 50  # messages per claim and per record commit; a crash can leave two uncertain
+CHUNK = 50  # messages per claim and per record commit; a crash can leave two chunks uncertain
 DISPATCH_SECONDS = 15
 JOB_TIMEOUT = 900
 RESULT_TTL = 60  # the results are in the database; RQ's copy is for a quick look only
