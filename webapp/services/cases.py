@@ -93,10 +93,6 @@ def snapshot_of(case: Case) -> CaseSnapshot:
 # One UPDATE both reserves numbers and locks the counter row until commit, so two
 # transactions never get the same number and a rolled-back one gives its numbers back. Built
 # once and run on the session's connection: no autoflush of unrelated pending rows, no ORM cost.
-def _next_number(case_type_id: int) -> int:
-    return reserve_numbers(case_type_id, 1)
-
-
 _RESERVE = (
     update(CaseCounter)
     .where(CaseCounter.case_type_id == bindparam("type_id"))
@@ -182,7 +178,7 @@ def open_case(
         errors["requester"] = "Enter the requester's email address, such as name@example.com."
     if errors:
         raise CaseError("Some fields need a change: " + " ".join(errors.values()), errors)
-    number_of_case = number() if number is not None else _next_number(case_type.id)
+    number_of_case = number() if number is not None else reserve_numbers(case_type.id, 1)
     now = utcnow()
     case = Case(
         case_type=case_type,
