@@ -4,11 +4,13 @@ header of a trusted receiving server. And the two settings on the account editor
 
 from __future__ import annotations
 
+import sqlite3
 from pathlib import Path
 
 import dkim
 import pytest
-from sqlalchemy import select
+from sqlalchemy import select, text
+from sqlalchemy.exc import OperationalError
 
 from tests.fixtures.app import both_databases, csrf_token
 from tests.integration.test_accounts import FULL, _full_fields
@@ -16,7 +18,10 @@ from tests.support.approvals import MANAGER
 from tests.support.dkim import new_dkim_key
 from tests.support.replies import Desk, set_up_desk
 from webapp.extensions import db
+from webapp.mail import authres
 from webapp.models import EmailAccount
+from webapp.services import approvals
+from workers.inbound import ingest_messages
 
 TRUSTED = "mx.casemail.test"
 
@@ -157,3 +162,75 @@ def test_the_account_editor_saves_the_reply_checks_and_refuses_bad_ids(app, clie
     editor = client.get(f"/admin/accounts/{pk}/edit").get_data(as_text=True)
     assert "Decisions by email must pass DKIM or a trusted Authentication-Results header" in editor
     assert 'value="mx1.example.com, mx2.example.com"' in editor
+
+
+def _writers_wait(inbound_id: int) -> bool:
+    """Whether another connection that wants to write now has to wait: for SQLite's write
+    lock, or on PostgreSQL for the message's row, which a batch's claim locks."""
+    if db.engine.dialect.name == "sqlite":
+        other = sqlite3.connect(db.engine.url.database or "", timeout=0)
+        try:
+            other.execute("BEGIN IMMEDIATE")
+            other.rollback()
+            return False
+        except sqlite3.OperationalError:
+            return True
+        finally:
+            other.close()
+    with db.engine.connect() as other:
+        try:
+            other.execute(
+                text("SELECT id FROM inbound_messages WHERE id = :id FOR UPDATE NOWAIT"),
+                {"id": inbound_id},
+            )
+            return False
+        except OperationalError:
+            return True
+        finally:
+            other.rollback()
+
+
+@both_databases
+def test_a_worker_checks_the_signature_before_it_takes_any_lock(
+    app, strict_desk, dkim_key, monkeypatch
+):
+    """Looking a signer's key up in DNS can take seconds: meanwhile other workers and the web
+    pages must still be able to write."""
+    desk = strict_desk
+    reference = desk.open_case()
+    inbound_id = desk.store(_signed(dkim_key[0], desk.reply(desk.request(reference), "APPROVE")))
+    seen: list[bool] = []
+    pinned = approvals._dnsfunc
+
+    def watching() -> authres.DnsFunc | None:
+        lookup = pinned()
+        assert lookup is not None
+
+        def looked_up(name: bytes, timeout: int = 5) -> bytes | None:
+            seen.append(_writers_wait(inbound_id))
+            return lookup(name, timeout=timeout)
+
+        return looked_up
+
+    monkeypatch.setattr(approvals, "_dnsfunc", watching)
+    with app.app_context():
+        ingest_messages([inbound_id])
+
+    assert seen == [False]
+    assert desk.case(reference).stage == "payment"
+    assert desk.events(reference, "refused") == []
+
+
+@both_databases
+def test_a_worker_refuses_an_unsigned_reply_with_the_reason(app, strict_desk):
+    desk = strict_desk
+    reference = desk.open_case()
+    inbound_id = desk.store(desk.reply(desk.request(reference), "APPROVE"))
+
+    with app.app_context():
+        ingest_messages([inbound_id])
+
+    assert desk.case(reference).stage == "manager_approval"
+    [refused] = desk.events(reference, "refused")
+    assert refused.comment.startswith(f"The reply does not prove that it comes from {MANAGER}")
+    assert "no DKIM signature" in refused.comment

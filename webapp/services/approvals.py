@@ -371,12 +371,19 @@ def _confirmation(approval: Approval, outcome: Outcome) -> str:
 # Replies by email ------------------------------------------------------------------------
 
 
-def apply_reply(inbound: InboundMessage, message: ParsedMessage, approval: Approval) -> str:
+def apply_reply(
+    inbound: InboundMessage,
+    message: ParsedMessage,
+    approval: Approval,
+    *,
+    proof: str | None = None,
+) -> str:
     """Apply the decision in an approver's reply, or refuse it (flushes; the caller commits).
 
     Returns the sentence recorded on the incoming message. Raises AlreadyProcessed when the
     case was changed by another transaction at the same moment: the caller rolls back and
-    ingests the message again later.
+    ingests the message again later. `proof` is what `sender_proof` said about the message
+    before the caller's transaction took any lock; without it the proof is checked here.
     """
     case = approval.case
     sender = message.sender
@@ -396,7 +403,9 @@ def apply_reply(inbound: InboundMessage, message: ParsedMessage, approval: Appro
         )
     account = db.session.get(EmailAccount, inbound.account_id) if inbound.account_id else None
     if account is not None and account.require_authenticated_replies:
-        problem = _unauthenticated(inbound.raw, message, account, sender)
+        problem = (
+            proof if proof is not None else _unauthenticated(inbound.raw, message, account, sender)
+        )
         if problem:
             return _refuse(
                 approval,
@@ -522,6 +531,19 @@ def _answer(approval: Approval, message: ParsedMessage, body: str) -> None:
 
 
 # Proof of the sender's domain ------------------------------------------------------------------
+
+
+def sender_proof(raw: bytes, message: ParsedMessage, account: EmailAccount) -> str | None:
+    """Why a reply to `account` does not prove its sender's domain ("" when it does), for
+    `apply_reply`; None when the account asks for no proof or the reply has no single sender.
+
+    It may look signers' keys up in DNS, which can take seconds: a batch calls it before it
+    claims its messages, so that no lock of the database waits for the answer.
+    """
+    sender = message.sender
+    if sender is None or not account.require_authenticated_replies:
+        return None
+    return _unauthenticated(raw, message, account, sender)
 
 
 def _unauthenticated(raw: bytes, message: ParsedMessage, account: EmailAccount, sender: str) -> str:

@@ -40,6 +40,7 @@ from webapp.mail.correlate import (
     case_id_pattern,
     correlate,
     find_case_ids,
+    find_reply_tokens,
 )
 from webapp.mail.filters import FilterOutcome, Limits, Screened, loop_breaker, screen
 from webapp.mail.parse import ParsedMessage
@@ -309,7 +310,12 @@ def ingest_message(
     rule = result.rule
     try:
         if result.action == DECIDE and result.approval and result.message:
-            result.reason = approval_service.apply_reply(inbound, result.message, result.approval)
+            result.reason = approval_service.apply_reply(
+                inbound,
+                result.message,
+                result.approval,
+                proof=batch.proofs.get(inbound.id) if batch is not None else None,
+            )
         if rule is not None and result.action in (OPEN, JOIN, REOPEN, REPLY_CLOSED):
             account = (
                 db.session.get(EmailAccount, inbound.account_id) if inbound.account_id else None
@@ -367,6 +373,8 @@ class Batch:
     numbers: dict[int, list[int]] = field(default_factory=dict)
     # Where they stood when the message at hand began, one message at a time.
     mark: dict[int, int] = field(default_factory=dict)
+    # What approval_service.sender_proof said about replies with a reply token, by message.
+    proofs: dict[int, str] = field(default_factory=dict)
 
     def take_screened(self, inbound: InboundMessage) -> Screened | bytes:
         """The message as screened before the claim (its raw bytes if it was not)."""
@@ -421,9 +429,12 @@ def ingest_batch(inbound_ids: Sequence[int]) -> list[int]:
     """
     ids = list(dict.fromkeys(inbound_ids))
     waiting = db.session.execute(
-        select(InboundMessage.id, InboundMessage.raw, InboundMessage.listener_id).where(
-            InboundMessage.id.in_(ids), InboundMessage.status == InboundStatus.RECEIVED.value
-        )
+        select(
+            InboundMessage.id,
+            InboundMessage.raw,
+            InboundMessage.listener_id,
+            InboundMessage.account_id,
+        ).where(InboundMessage.id.in_(ids), InboundMessage.status == InboundStatus.RECEIVED.value)
     ).all()
     if not waiting:
         return []
@@ -433,6 +444,7 @@ def ingest_batch(inbound_ids: Sequence[int]) -> list[int]:
         listener = listeners.get(row.listener_id) if row.listener_id is not None else None
         limits = Limits(max_size=listener.max_message_bytes) if listener else None
         batch.screened[row.id] = screen(row.raw, limits)
+    _prove_senders(batch, waiting)
     del waiting
 
     claimed = db.session.scalars(
@@ -478,6 +490,38 @@ def ingest_batch(inbound_ids: Sequence[int]) -> list[int]:
         case_service.give_back_numbers(type_id, first_unused, end)
     count_outcomes(tally)
     return retry
+
+
+def _prove_senders(batch: Batch, rows: Sequence[Any]) -> None:
+    """Check, before the claim, the proof of the sender of each reply that carries a reply
+    token, where its account requires one: the DKIM check may wait on DNS, and holding the
+    write lock (SQLite) or the case counters (PostgreSQL) meanwhile would stop every other
+    worker and the web pages that write."""
+    replies = {
+        row.id: (row, message)
+        for row in rows
+        if row.account_id is not None
+        and (message := batch.screened[row.id].message) is not None
+        and batch.screened[row.id].outcome.action == "accept"
+        and find_reply_tokens(message)
+    }
+    if not replies:
+        return
+    accounts = {
+        account.id: account
+        for account in db.session.scalars(
+            select(EmailAccount).where(
+                EmailAccount.id.in_({row.account_id for row, _ in replies.values()}),
+                EmailAccount.require_authenticated_replies.is_(True),
+            )
+        )
+    }
+    for inbound_id, (row, message) in replies.items():
+        account = accounts.get(row.account_id)
+        if account is not None:
+            proof = approval_service.sender_proof(row.raw, message, account)
+            if proof is not None:
+                batch.proofs[inbound_id] = proof
 
 
 def _reserve_numbers(batch: Batch, listeners: dict[int, EmailListener]) -> None:
