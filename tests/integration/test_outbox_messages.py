@@ -28,10 +28,12 @@ SENDER = "approvals@example.com"
 UPN = "approvals@contoso.example"
 
 
-def _signing_keystore(app, tmp_path: Path, alias: str = "approvals") -> tuple[int, Path]:
-    """A PKCS#12 signing keystore for SENDER, saved; returns its id and the CA file."""
+def _signing_keystore(
+    app, tmp_path: Path, alias: str = "approvals", email: str = SENDER
+) -> tuple[int, Path]:
+    """A PKCS#12 signing keystore for `email`, saved; returns its id and the CA file."""
     ca = _ca()
-    key, cert = _signer(ca, emails=(SENDER,))
+    key, cert = _signer(ca, emails=(email,))
     data = pkcs12.serialize_key_and_certificates(
         alias.encode(),
         key,
@@ -207,6 +209,22 @@ def test_graph_sends_the_mime_message(app, graph_server, graph_account):
     assert f"Reply-To: replies+{token}@contoso.example".encode() in sent[0][1]
     assert b"From: Contoso Approvals <approvals@contoso.example>" in sent[0][1]
     assert first.token_encrypted is None
+
+
+def test_graph_sends_the_signed_message_as_it_is(app, graph_server, graph_account, tmp_path):
+    keystore_id, ca_file = _signing_keystore(app, tmp_path, email=UPN)
+    set_account(app, graph_account, signing_keystore_id=keystore_id, signing_alias="")
+    outbound_id = queue(app, graph_account, subject="Approval needed")
+
+    (result,) = send(app, [outbound_id])
+
+    assert result.status == "sent", result.detail
+    [(upn, mime)] = graph_server.sent_mime
+    assert upn == UPN
+    assert b"Content-Type: multipart/signed" in mime
+    verified = _verify(mime, ca_file, tmp_path)
+    assert verified.returncode == 0, verified.stderr.decode()
+    assert b"Verification successful" in verified.stderr
 
 
 def test_graph_throttling_is_retried(app, graph_server, graph_account):

@@ -217,12 +217,7 @@ def _validate(
 
     if values["signing_keystore_id"] is not None:
         signing = _keystore(values["signing_keystore_id"], KeystoreKind.SIGNING)
-        if values["sender_protocol"] == "graph":
-            errors["signing_keystore_id"] = (
-                "Message signing is not available when sending with Microsoft Graph: Graph "
-                "builds the message itself. Clear the signing keystore or send with SMTP."
-            )
-        elif signing is None:
+        if signing is None:
             errors["signing_keystore_id"] = "Choose a signing keystore from the list."
         else:
             aliases = [e["alias"] for e in signing.entries if e.get("has_key")]
