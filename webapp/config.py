@@ -10,6 +10,7 @@ import secrets
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 from cryptography.fernet import Fernet
 
@@ -70,6 +71,30 @@ def _positive(env: Mapping[str, str], name: str, default: int) -> int:
     return value
 
 
+def _base_url(value: str) -> str:
+    """`value` without a trailing slash; raises ConfigError unless it is an http(s) address
+    with a host and no query, fragment, user name or white space."""
+    try:
+        parts = urlsplit(value)
+        parts.port  # noqa: B018 - raises ValueError on a port that is not a number
+    except ValueError:
+        parts = None
+    if (
+        parts is None
+        or parts.scheme not in ("http", "https")
+        or not parts.hostname
+        or parts.query
+        or parts.fragment
+        or "@" in parts.netloc
+        or any(ch.isspace() or ord(ch) < 32 for ch in value)
+    ):
+        raise ConfigError(
+            "CASEMAIL_BASE_URL must be the http:// or https:// address people use to reach "
+            f"Casemail, such as https://casemail.example.com; got {value[:100]!r}"
+        )
+    return value.rstrip("/")
+
+
 def load_config(env: Mapping[str, str], instance_path: str) -> dict[str, Any]:
     """Build the Flask config from environment variables.
 
@@ -115,6 +140,14 @@ def load_config(env: Mapping[str, str], instance_path: str) -> dict[str, Any]:
                 "`flask secrets generate-key`)"
             ) from None
 
+    base_url = env.get("CASEMAIL_BASE_URL", "").strip()
+    if production and not base_url:
+        raise ConfigError(
+            "CASEMAIL_BASE_URL must be set when CASEMAIL_ENV=production: the links in approval "
+            "requests and notifications point there (such as https://casemail.example.com)"
+        )
+    base_url = _base_url(base_url or "http://127.0.0.1:5000")
+
     try:
         host_policy = parse_policy(env.get("CASEMAIL_MAIL_HOST_POLICY"))
     except HostRefused as exc:
@@ -132,7 +165,7 @@ def load_config(env: Mapping[str, str], instance_path: str) -> dict[str, Any]:
         "SQLALCHEMY_DATABASE_URI": normalise_database_url(database_url),
         "SQLALCHEMY_ENGINE_OPTIONS": {"pool_pre_ping": True},
         "REDIS_URL": env.get("REDIS_URL", "redis://127.0.0.1:6379/0"),
-        "CASEMAIL_BASE_URL": env.get("CASEMAIL_BASE_URL", "http://127.0.0.1:5000").rstrip("/"),
+        "CASEMAIL_BASE_URL": base_url,
         "CASEMAIL_MESSAGE_ID_DOMAIN": env.get("CASEMAIL_MESSAGE_ID_DOMAIN", "casemail.local"),
         "CASEMAIL_MAIL_HOST_POLICY": host_policy,
         "CASEMAIL_DEV_SANDBOX": _flag(env.get("CASEMAIL_DEV_SANDBOX"), default=not production),

@@ -2,7 +2,15 @@
 
 from __future__ import annotations
 
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
 from tests.fixtures.app import both_databases
+
+ROOT = Path(__file__).resolve().parents[2]
 
 
 @both_databases
@@ -71,3 +79,26 @@ def test_unexpected_error_is_logged_and_shows_500_page(app, client, login_as, ca
     assert "Something went wrong" in response.get_data(as_text=True)
     assert "kaboom" not in response.get_data(as_text=True)
     assert any("unhandled error" in r.message for r in caplog.records)
+
+
+@pytest.mark.parametrize(
+    ("setting", "value", "said"),
+    [
+        ("CASEMAIL_BASE_URL", "casemail.example.com", "CASEMAIL_BASE_URL must be the http://"),
+        ("CASEMAIL_ENV", "prod", "CASEMAIL_ENV must be one of development, production, testing"),
+    ],
+)
+def test_a_bad_setting_stops_the_start_with_a_sentence_not_a_traceback(
+    app_env, setting, value, said
+):
+    result = subprocess.run(
+        [sys.executable, "-m", "flask", "users", "list"],
+        cwd=ROOT,
+        env={**app_env, setting: value},
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert result.returncode == 1
+    assert result.stderr.startswith(f"Casemail cannot start: {said}")
+    assert "Traceback" not in result.stderr

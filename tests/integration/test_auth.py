@@ -125,6 +125,7 @@ def test_production_cookies_are_secure(app_settings, redis_client, monkeypatch):
     from webapp import create_app
 
     monkeypatch.setenv("SECRET_KEY", "production-secret")
+    monkeypatch.setenv("CASEMAIL_BASE_URL", "https://casemail.example.com")
     monkeypatch.setenv("CASEMAIL_SECRET_KEYS", ",".join(app_settings["CASEMAIL_SECRET_KEYS"]))
     settings = {k: v for k, v in app_settings.items() if k != "CASEMAIL_DEV_SANDBOX"}
     prod = create_app({**settings, "CASEMAIL_ENV": "production"})

@@ -32,12 +32,51 @@ def test_production_requires_both_secrets(tmp_path):
 def test_production_defaults_are_safe(tmp_path):
     key = Fernet.generate_key().decode()
     config = load_config(
-        {"CASEMAIL_ENV": "production", "SECRET_KEY": "s", "CASEMAIL_SECRET_KEYS": f" {key} ,"},
+        {
+            "CASEMAIL_ENV": "production",
+            "SECRET_KEY": "s",
+            "CASEMAIL_SECRET_KEYS": f" {key} ,",
+            "CASEMAIL_BASE_URL": "https://casemail.example.com/",
+        },
         str(tmp_path),
     )
     assert config["CASEMAIL_SECRET_KEYS"] == [key]
     assert config["SESSION_COOKIE_SECURE"] is True
     assert config["CASEMAIL_DEV_SANDBOX"] is False
+    assert config["CASEMAIL_BASE_URL"] == "https://casemail.example.com"
+
+
+def test_production_requires_the_address_that_links_in_emails_point_to(tmp_path):
+    key = Fernet.generate_key().decode()
+    settings = {"CASEMAIL_ENV": "production", "SECRET_KEY": "s", "CASEMAIL_SECRET_KEYS": key}
+    with pytest.raises(ConfigError, match="CASEMAIL_BASE_URL must be set"):
+        load_config(settings, str(tmp_path))
+    assert load_config({}, str(tmp_path))["CASEMAIL_BASE_URL"] == "http://127.0.0.1:5000"
+
+
+@pytest.mark.parametrize(
+    "value",
+    [
+        "casemail.example.com",
+        "ftp://casemail.example.com",
+        "https://",
+        "https://casemail.example.com/?next=x",
+        "https://casemail.example.com/#top",
+        "https://user@casemail.example.com",
+        "https://casemail.example.com:http/",
+        "https://casemail.example.com/a b",
+    ],
+)
+def test_a_base_url_that_cannot_make_links_is_refused(tmp_path, value):
+    with pytest.raises(ConfigError, match="CASEMAIL_BASE_URL must be the http:// or https://"):
+        load_config({"CASEMAIL_BASE_URL": value}, str(tmp_path))
+
+
+def test_a_base_url_may_have_a_path(tmp_path):
+    config = load_config(
+        {"CASEMAIL_BASE_URL": " https://example.com:8443/casemail/ "}, str(tmp_path)
+    )
+    assert config["CASEMAIL_BASE_URL"] == "https://example.com:8443/casemail"
 
 
 def test_a_malformed_key_is_named_without_echoing_it(tmp_path):
