@@ -45,6 +45,7 @@ __all__ = [
 
 CASE_HEADER = "X-Casemail-Case"
 _MAX_WORD = 75  # the longest encoded word (RFC 2047, section 2)
+_LONG_WORD_RE = re.compile(rf"\S{{{_MAX_WORD + 1},}}")  # what str.split() would give as a word
 _ATEXT = r"[A-Za-z0-9!#$%&'*+/=?^_`{|}~-]+"
 _LOCAL_PART_RE = re.compile(rf"{_ATEXT}(?:\.{_ATEXT})*")
 _LABEL_RE = re.compile(r"[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?")
@@ -125,7 +126,7 @@ def _mailbox_text(address: Address, fold: str) -> str:
 
 
 def _needs_words(text: str) -> bool:
-    return _needs_encoding(text) or any(len(word) > _MAX_WORD for word in text.split())
+    return _needs_encoding(text) or _LONG_WORD_RE.search(text) is not None
 
 
 def _text_lines(name: str, text: str, linesep: str, max_line_length: int) -> str:
@@ -284,7 +285,7 @@ def _header_line(header: _Header) -> str:
     """`header` as POLICY folds it, CRLF included."""
     name, value = header.name, header.value
     if isinstance(value, list):
-        return _address_lines(name, value, _CRLF)
+        return _address_line(name, tuple((a.display_name, a.username, a.domain) for a in value))
     kind = name.lower()
     if kind in ("date", "message-id"):
         # The library parses these and writes them again: a date as it was (_PLAIN_DATE_RE),
@@ -301,6 +302,14 @@ def _header_line(header: _Header) -> str:
         if not value or _PLAIN_TEXT_RE.fullmatch(value):
             return _folded(name, value)
     return POLICY.fold_binary(*POLICY.header_store_parse(name, _stored(header))).decode("ascii")
+
+
+@functools.lru_cache(maxsize=1024)
+def _address_line(name: str, mailboxes: tuple[tuple[str, str, str], ...]) -> str:
+    # Cached: the sender, its Reply-To and most recipients recur in every batch, and writing
+    # an address line is a large part of writing a notification's headers.
+    addresses = [Address(display, user, domain) for display, user, domain in mailboxes]
+    return _address_lines(name, addresses, _CRLF)
 
 
 def _folded(name: str, text: str) -> str:
@@ -370,8 +379,10 @@ def _stored(header: _Header) -> str | list[Address]:
     return value
 
 
+@functools.lru_cache(maxsize=1024)
 def _mailbox(field: str, value: str, *, allow_name: bool = True) -> Address:
-    """The single address in `value`; raises HeaderValueError naming `field`."""
+    """The single address in `value`; raises HeaderValueError naming `field`. (Cached: the
+    same few addresses recur in every batch. An Address cannot be changed.)"""
     _single_line(field, value)
     parts = _mailbox_parts(value)
     if parts is None or (parts[0] and not allow_name):
@@ -411,6 +422,7 @@ def _mailbox_parts(value: str) -> tuple[bool, str, str, str] | None:
     return bool(parsed.display_name), clean_display_name(parsed.display_name), local, domain
 
 
+@functools.lru_cache(maxsize=256)
 def _domain(field: str, value: str) -> str:
     """`value` as an ASCII host name (IDNA for non-ASCII); raises HeaderValueError."""
     _single_line(field, value)
