@@ -255,9 +255,8 @@ class OutboundMessage(Model):
     # An approval request's reply token, encrypted with the secret box until the message is
     # sent and erased then: the approval itself keeps only the token's hash.
     token_encrypted: Mapped[str | None] = mapped_column(Text)
-    status: Mapped[str] = mapped_column(
-        String(20), default=OutboundStatus.PENDING.value, index=True
-    )
+    # Indexed by ix_outbound_status_next_attempt, whose first column it is.
+    status: Mapped[str] = mapped_column(String(20), default=OutboundStatus.PENDING.value)
     attempts: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
     next_attempt_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
     sending_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
@@ -309,7 +308,8 @@ class Approval(Model):
     __table_args__ = (UniqueConstraint("case_id", "stage_visit", "approver"),)
 
     id: Mapped[int] = mapped_column(primary_key=True)
-    case_id: Mapped[int] = mapped_column(ForeignKey("cases.id", ondelete="CASCADE"), index=True)
+    # Indexed by the unique constraint, whose first column it is.
+    case_id: Mapped[int] = mapped_column(ForeignKey("cases.id", ondelete="CASCADE"))
     approver: Mapped[str] = mapped_column(String(320))
     stage: Mapped[str] = mapped_column(String(40))
     stage_visit: Mapped[int] = mapped_column(Integer)
