@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import fcntl
+import threading
+import time
+
 import pytest
 from sqlalchemy import func, select
 
@@ -11,6 +15,7 @@ from webapp.extensions import db
 from webapp.models import Case, CaseAttachment, CaseEvent, EmailListener, OutboundMessage
 from webapp.services import cases as case_service
 from webapp.services import ingest as ingest_service
+from workers import inbound as inbound_jobs
 from workers.inbound import ingest_messages
 
 PDF = (
@@ -314,3 +319,40 @@ def test_case_numbers_stay_consecutive_across_failures_batches_and_other_cases(
     with app.app_context():
         subjects_by_reference = dict(db.session.execute(select(Case.reference, Case.subject)).all())
     assert subjects_by_reference["EXP-1003"] == "Three"
+
+
+def test_workers_on_sqlite_take_turns_to_write(app, route):
+    """A worker whose batch is ready waits while another writes, then writes at once: it
+    neither fails on the locked database nor sleeps SQLite's steps of up to 100 ms."""
+    listener_id = route()
+    ids = [
+        store(app, message(subject=s, message_id=f"<{s}@example.com>"), listener_id)
+        for s in ("Taxi", "Hotel")
+    ]
+    with app.app_context():
+        turn_file = inbound_jobs._turn_file()
+    assert turn_file == f"{app.config['SQLALCHEMY_DATABASE_URI'][len('sqlite:///') :]}.ingest-turn"
+    other_worker = open(turn_file, "a")  # noqa: SIM115 - held across the steps below
+    fcntl.flock(other_worker, fcntl.LOCK_EX)
+    waiting = threading.Thread(target=ingest_batch, args=(app, ids))
+    waiting.start()
+    try:
+        waiting.join(0.5)
+        assert waiting.is_alive()
+        assert [load(app, i).status for i in ids] == ["received", "received"]
+    finally:
+        started = time.monotonic()
+        other_worker.close()  # the other worker's turn ends
+    waiting.join(10)
+    assert not waiting.is_alive()
+    assert time.monotonic() - started < 2
+    assert [load(app, i).status for i in ids] == ["processed", "processed"]
+    assert count(app, Case) == 2
+
+
+@pytest.mark.parametrize("database_url", ["postgres"], indirect=True)
+def test_workers_on_postgresql_write_at_the_same_time(app):
+    with app.app_context():
+        assert inbound_jobs._turn_file() is None
+        with inbound_jobs.write_turn() as take_turn:
+            take_turn()  # returns at once: PostgreSQL locks rows, not the database

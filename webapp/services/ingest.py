@@ -414,7 +414,9 @@ class Batch:
             self.threads[inbound.message_id] = result.case
 
 
-def ingest_batch(inbound_ids: Sequence[int]) -> list[int]:
+def ingest_batch(
+    inbound_ids: Sequence[int], *, before_claim: Callable[[], None] | None = None
+) -> list[int]:
     """Ingest stored messages in the caller's one transaction (flushes; the caller commits).
 
     Returns the ids to try again in a new transaction: their case changed at the same moment.
@@ -426,6 +428,7 @@ def ingest_batch(inbound_ids: Sequence[int]) -> list[int]:
     one savepoint. A message that fails there is taken out and ingested in a savepoint of its
     own, so that it undoes only its own writes and is quarantined with the reason (or, when its
     case changed meanwhile, left waiting to be retried). Listener counters are written once.
+    `before_claim` is called just before the first write (a worker waits for its turn there).
     """
     ids = list(dict.fromkeys(inbound_ids))
     waiting = db.session.execute(
@@ -447,6 +450,8 @@ def ingest_batch(inbound_ids: Sequence[int]) -> list[int]:
     _prove_senders(batch, waiting)
     del waiting
 
+    if before_claim is not None:
+        before_claim()
     claimed = db.session.scalars(
         update(InboundMessage)
         .where(InboundMessage.id.in_(ids), InboundMessage.status == InboundStatus.RECEIVED.value)
