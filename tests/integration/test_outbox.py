@@ -3,6 +3,7 @@ failures on the case, crashes left "uncertain", and two senders given the same m
 
 from __future__ import annotations
 
+import asyncio
 import threading
 from datetime import timedelta
 from typing import Any
@@ -332,6 +333,37 @@ def test_a_message_left_sending_becomes_uncertain_and_is_not_resent(app, smtp_ac
     assert stored.status == "uncertain"
     assert stored.last_error == UNCERTAIN_REASON
     assert server.messages == []
+
+
+def test_a_message_whose_turn_comes_late_is_left_unsent_for_its_next_attempt(
+    app, smtp_account, monkeypatch
+):
+    """The sweeper takes a message "sending" for STUCK_AFTER as lost: a sender must not still
+    be about to send it then, even when a slow server held up the messages before it."""
+    server, account_id = smtp_account
+    ids = [queue(app, account_id, subject=f"Number {n}") for n in range(3)]
+    monkeypatch.setattr(outbox_service, "SEND_WITHIN", timedelta(milliseconds=300))
+    answer = server.handle_DATA
+
+    async def slow_first(smtp, session, envelope):
+        if not server.captured:
+            await asyncio.sleep(0.6)
+        return await answer(smtp, session, envelope)
+
+    monkeypatch.setattr(server, "handle_DATA", slow_first)
+
+    results = send(app, ids)
+
+    assert [r.status for r in results] == ["sent", "pending", "pending"]
+    assert [m.parsed["Subject"] for m in server.captured] == ["Number 0"]
+    for outbound_id in ids[1:]:
+        left = row(app, outbound_id)
+        assert left.last_error == outbox_service.NOT_STARTED
+        assert left.next_attempt_at is not None
+        set_row(app, outbound_id, next_attempt_at=left.created_at)
+    monkeypatch.undo()
+    assert [r.status for r in send(app, ids[1:])] == ["sent", "sent"]
+    assert [m.parsed["Subject"] for m in server.captured] == [f"Number {n}" for n in range(3)]
 
 
 @both_databases

@@ -159,9 +159,15 @@ BACKOFF = (
     timedelta(minutes=60),
     timedelta(minutes=240),
 )
-# A message still "sending" after this long lost its sender (a crash, a killed worker): longer
-# than any SMTP or Graph timeout, so no sender is still waiting for the server's answer.
+# A message still "sending" after this long lost its sender (a crash, a killed worker): no live
+# sender starts a message later than SEND_WITHIN after claiming it (`transmit`), and one message
+# with the default timeouts (15 s to connect, 30 s an answer) ends within five minutes of that.
 STUCK_AFTER = timedelta(minutes=10)
+SEND_WITHIN = timedelta(minutes=5)
+NOT_STARTED = (
+    "Not sent: the messages sent before it in its batch took more than five minutes, so it "
+    "was left for the next attempt."
+)
 # New messages are sent by the job enqueued at commit; the sweeper leaves them this long to it.
 DUE_GRACE = timedelta(seconds=5)
 RATE_WINDOW = timedelta(hours=1)
@@ -769,12 +775,19 @@ def prepare(rows: Sequence[Claimed], senders: Senders) -> tuple[list[Outgoing], 
 
 def transmit(outgoing: Sequence[Outgoing]) -> list[Answer]:
     """Hand the prepared messages to their servers, in order: network only, no database, so
-    that it can run while the next messages are prepared."""
+    that it can run while the next messages are prepared.
+
+    A message whose turn comes more than SEND_WITHIN after its claim (a slow server held up the
+    ones before it) is not started: it goes back for its next attempt, so that no live sender
+    still holds a message when the sweeper takes it for lost.
+    """
     answers: list[Answer] = []
     for item in outgoing:
         if item.built is None or item.sender is None:
             assert item.failure is not None
             delivery = item.failure
+        elif item.row.sending_at is not None and utcnow() - item.row.sending_at > SEND_WITHIN:
+            delivery = Delivery(Outcome.RETRY, NOT_STARTED)
         else:
             built = item.built
             delivery = item.sender.send(built.sender, built.recipients, built.raw)
