@@ -5,6 +5,7 @@ header of a trusted receiving server. And the two settings on the account editor
 from __future__ import annotations
 
 import sqlite3
+from collections.abc import Callable
 from pathlib import Path
 
 import dkim
@@ -19,8 +20,10 @@ from tests.support.dkim import new_dkim_key
 from tests.support.replies import Desk, set_up_desk
 from webapp.extensions import db
 from webapp.mail import authres
-from webapp.models import EmailAccount
+from webapp.mail.correlate import new_reply_token
+from webapp.models import EmailAccount, InboundMessage
 from webapp.services import approvals
+from webapp.services.ingest import replay
 from workers.inbound import ingest_messages
 
 TRUSTED = "mx.casemail.test"
@@ -190,31 +193,43 @@ def _writers_wait(inbound_id: int) -> bool:
             other.rollback()
 
 
-@both_databases
-def test_a_worker_checks_the_signature_before_it_takes_any_lock(
-    app, strict_desk, dkim_key, monkeypatch
-):
-    """Looking a signer's key up in DNS can take seconds: meanwhile other workers and the web
-    pages must still be able to write."""
-    desk = strict_desk
-    reference = desk.open_case()
-    inbound_id = desk.store(_signed(dkim_key[0], desk.reply(desk.request(reference), "APPROVE")))
-    seen: list[bool] = []
+def _watch_key_lookups(monkeypatch, watch: Callable[[bytes], None]) -> None:
+    """Call `watch` with the name each time a signer's key is looked up."""
     pinned = approvals._dnsfunc
 
-    def watching() -> authres.DnsFunc | None:
+    def watched() -> authres.DnsFunc | None:
         lookup = pinned()
         assert lookup is not None
 
         def looked_up(name: bytes, timeout: int = 5) -> bytes | None:
-            seen.append(_writers_wait(inbound_id))
+            watch(name)
             return lookup(name, timeout=timeout)
 
         return looked_up
 
-    monkeypatch.setattr(approvals, "_dnsfunc", watching)
+    monkeypatch.setattr(approvals, "_dnsfunc", watched)
+
+
+@both_databases
+@pytest.mark.parametrize("path", ["worker", "replay"])
+def test_the_signature_is_checked_before_any_lock_is_taken(
+    app, strict_desk, dkim_key, monkeypatch, path
+):
+    """Looking a signer's key up in DNS can take seconds: meanwhile other workers and the web
+    pages must still be able to write. The same when an admin replays the message."""
+    desk = strict_desk
+    reference = desk.open_case()
+    inbound_id = desk.store(_signed(dkim_key[0], desk.reply(desk.request(reference), "APPROVE")))
+    seen: list[bool] = []
+    _watch_key_lookups(monkeypatch, lambda name: seen.append(_writers_wait(inbound_id)))
     with app.app_context():
-        ingest_messages([inbound_id])
+        if path == "worker":
+            ingest_messages([inbound_id])
+        else:
+            db.session.get(InboundMessage, inbound_id).status = "quarantined"
+            db.session.commit()
+            replay(inbound_id)
+            db.session.commit()
 
     assert seen == [False]
     assert desk.case(reference).stage == "payment"
@@ -234,3 +249,48 @@ def test_a_worker_refuses_an_unsigned_reply_with_the_reason(app, strict_desk):
     [refused] = desk.events(reference, "refused")
     assert refused.comment.startswith(f"The reply does not prove that it comes from {MANAGER}")
     assert "no DKIM signature" in refused.comment
+
+
+@both_databases
+def test_a_reply_whose_check_breaks_holds_up_no_other_in_its_batch(
+    app, strict_desk, dkim_key, monkeypatch
+):
+    desk = strict_desk
+    first, second = desk.open_case(), desk.open_case(subject="Hotel")
+    good = desk.store(_signed(dkim_key[0], desk.reply(desk.request(first), "APPROVE")))
+    broken = desk.store(desk.reply(desk.request(second), "APPROVE"))
+    checked = approvals.sender_proof
+
+    def breaks_on_the_second(raw, message, account):
+        if second.encode() in raw:
+            raise RuntimeError("resolver on fire")
+        return checked(raw, message, account)
+
+    monkeypatch.setattr(approvals, "sender_proof", breaks_on_the_second)
+    with app.app_context():
+        ingest_messages([good, broken])
+        statuses = [db.session.get(InboundMessage, i).status for i in (good, broken)]
+
+    assert desk.case(first).stage == "payment"
+    # Checked again while it was ingested: refused for what it is, not left waiting.
+    assert statuses == ["processed", "processed"]
+    assert "no DKIM signature" in desk.events(second, "refused")[0].comment
+
+
+@both_databases
+def test_a_made_up_reply_token_costs_no_key_lookup(app, strict_desk, dkim_key, monkeypatch):
+    desk = strict_desk
+    reference = desk.open_case()
+    request = desk.request(reference)
+    forged = _signed(
+        dkim_key[0],
+        desk.reply(request, "APPROVE").replace(request.token.encode(), new_reply_token().encode()),
+    )
+    inbound_id = desk.store(forged)
+    lookups: list[bytes] = []
+    _watch_key_lookups(monkeypatch, lookups.append)
+    with app.app_context():
+        ingest_messages([inbound_id])
+
+    assert lookups == []
+    assert desk.case(reference).stage == "manager_approval"

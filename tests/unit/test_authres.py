@@ -6,6 +6,7 @@ from __future__ import annotations
 from email.utils import formatdate
 
 import dkim
+import dns.name
 import pytest
 
 from tests.support.dkim import new_dkim_key
@@ -199,3 +200,14 @@ def test_pinned_keys_are_read_from_zone_file_lines():
 )
 def test_authserv_ids_are_host_names(value, expected):
     assert is_hostname(value) is expected
+
+
+def test_a_signer_name_dns_refuses_is_a_signature_that_does_not_pass(signer):
+    pem, _ = signer
+
+    def refuses(name: bytes, timeout: int = 5) -> bytes | None:
+        raise dns.name.EmptyLabel  # what dnspython says of d=example..com
+
+    result = dkim_result(_signed(pem, _message()), pinned_dnsfunc({}, refuses))
+    assert result.signed and result.valid_domains == ()
+    assert result.notes[0].startswith("d=example.com:")

@@ -27,6 +27,7 @@ import authres
 import authres.dmarc
 import dkim
 import dkim.dnsplug
+import dns.exception
 
 # dkimpy calls it with the DNS name (bytes, with the trailing dot) and `timeout=`; it returns
 # the TXT record's text, or None when there is none.
@@ -126,9 +127,17 @@ def dkim_result(raw: bytes, dnsfunc: DnsFunc | None = None) -> DkimResult:
                 ok = verifier.verify(idx=index)
             else:
                 ok = verifier.verify(idx=index, dnsfunc=dnsfunc)
-        # dkimpy's own errors, and what its parsers let through on mangled input: a signature
+        # dkimpy's own errors, what its parsers let through on mangled input, and dnspython's
+        # refusals of a signer's name that is not a domain name (d=example..com): a signature
         # that cannot be checked is one that does not pass.
-        except (dkim.DKIMException, ValueError, TypeError, IndexError, KeyError) as exc:
+        except (
+            dkim.DKIMException,
+            dns.exception.DNSException,
+            ValueError,
+            TypeError,
+            IndexError,
+            KeyError,
+        ) as exc:
             ok = False
             note = str(exc) or type(exc).__name__
         else:

@@ -275,7 +275,11 @@ def plan(
 
 
 def ingest_message(
-    inbound_id: int, tally: Tally | None = None, *, batch: Batch | None = None
+    inbound_id: int,
+    tally: Tally | None = None,
+    *,
+    batch: Batch | None = None,
+    proof: str | None = None,
 ) -> InboundMessage | None:
     """Ingest one stored message (flushes; the caller commits); None when not ours to do.
 
@@ -286,6 +290,7 @@ def ingest_message(
     A message that is not in "received" (already processed, ignored or quarantined, or being
     ingested by another worker right now) is left alone. Within `ingest_batch` the message
     was claimed with its batch and runs in a savepoint: rolling back undoes only its writes.
+    `proof` is what `sender_proofs` said of the message (a batch keeps its own).
     """
     inbound = batch.claimed.get(inbound_id) if batch is not None else _claim_one(inbound_id)
     if inbound is None:
@@ -314,7 +319,7 @@ def ingest_message(
                 inbound,
                 result.message,
                 result.approval,
-                proof=batch.proofs.get(inbound.id) if batch is not None else None,
+                proof=batch.proofs.get(inbound.id) if batch is not None else proof,
             )
         if rule is not None and result.action in (OPEN, JOIN, REOPEN, REPLY_CLOSED):
             account = (
@@ -502,31 +507,64 @@ def _prove_senders(batch: Batch, rows: Sequence[Any]) -> None:
     token, where its account requires one: the DKIM check may wait on DNS, and holding the
     write lock (SQLite) or the case counters (PostgreSQL) meanwhile would stop every other
     worker and the web pages that write."""
-    replies = {
-        row.id: (row, message)
+    replies = [
+        (row.id, row.raw, message, row.account_id)
         for row in rows
-        if row.account_id is not None
-        and (message := batch.screened[row.id].message) is not None
+        if (message := batch.screened[row.id].message) is not None
         and batch.screened[row.id].outcome.action == "accept"
-        and find_reply_tokens(message)
-    }
-    if not replies:
-        return
+    ]
+    batch.proofs.update(sender_proofs(replies))
+
+
+def sender_proofs(
+    replies: Sequence[tuple[int, bytes, ParsedMessage, int | None]],
+) -> dict[int, str]:
+    """What approval_service.sender_proof says of each of (inbound id, raw bytes, message,
+    account id) that a decision could come from: a reply token of an approval whose approver
+    sent it, to an account that requires the proof. Others are not looked at, so that a
+    made-up token costs no DNS lookups.
+
+    A check that fails here is left out; the message is checked again while it is ingested,
+    where a failure quarantines that message only.
+    """
+    candidates = [
+        (inbound_id, raw, message, account_id, tokens)
+        for inbound_id, raw, message, account_id in replies
+        if account_id is not None
+        and message.sender is not None
+        and (tokens := [token for token, _ in find_reply_tokens(message)])
+    ]
+    if not candidates:
+        return {}
+    digests = {approval_service.token_digest(t) for *_, tokens in candidates for t in tokens}
+    approvers = dict(
+        db.session.execute(
+            select(Approval.token_hash, Approval.approver).where(Approval.token_hash.in_(digests))
+        ).all()
+    )
     accounts = {
         account.id: account
         for account in db.session.scalars(
             select(EmailAccount).where(
-                EmailAccount.id.in_({row.account_id for row, _ in replies.values()}),
+                EmailAccount.id.in_({c[3] for c in candidates}),
                 EmailAccount.require_authenticated_replies.is_(True),
             )
         )
     }
-    for inbound_id, (row, message) in replies.items():
-        account = accounts.get(row.account_id)
-        if account is not None:
-            proof = approval_service.sender_proof(row.raw, message, account)
-            if proof is not None:
-                batch.proofs[inbound_id] = proof
+    proofs: dict[int, str] = {}
+    for inbound_id, raw, message, account_id, tokens in candidates:
+        account = accounts.get(account_id) if account_id is not None else None
+        senders = {approvers.get(approval_service.token_digest(t)) for t in tokens}
+        if account is None or message.sender not in senders:
+            continue
+        try:
+            proof = approval_service.sender_proof(raw, message, account)
+        except Exception:
+            log.exception("the sender of inbound message %s could not be checked", inbound_id)
+            continue
+        if proof is not None:
+            proofs[inbound_id] = proof
+    return proofs
 
 
 def _reserve_numbers(batch: Batch, listeners: dict[int, EmailListener]) -> None:
@@ -684,10 +722,14 @@ def replay(inbound_id: int) -> InboundMessage:
         raise IngestError(
             f"Message #{inbound_id} is {inbound.status}; only quarantined messages are replayed."
         )
+    # The sender's proof may wait on DNS: checked before the replay writes anything.
+    message = screen(inbound.raw).message
+    reply = [(inbound.id, inbound.raw, message, inbound.account_id)] if message else []
+    proofs = sender_proofs(reply)
     inbound.status = InboundStatus.RECEIVED.value
     inbound.status_reason = ""
     db.session.flush()
-    ingested = ingest_message(inbound_id)
+    ingested = ingest_message(inbound_id, proof=proofs.get(inbound_id))
     if ingested is None:
         raise IngestError(f"Message #{inbound_id} is being ingested already.")
     return ingested
