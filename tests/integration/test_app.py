@@ -99,6 +99,20 @@ def test_a_bad_setting_stops_the_start_with_a_sentence_not_a_traceback(
         text=True,
         timeout=60,
     )
-    assert result.returncode == 1
+    assert result.returncode == 3  # gunicorn stops rather than restarting workers
     assert result.stderr.startswith(f"Casemail cannot start: {said}")
     assert "Traceback" not in result.stderr
+
+
+def test_gunicorn_stops_on_a_bad_setting_instead_of_restarting_workers(app_env):
+    result = subprocess.run(
+        [str(Path(sys.executable).with_name("gunicorn")), "--bind", "127.0.0.1:0", "wsgi:app"],
+        cwd=ROOT,
+        env={**app_env, "CASEMAIL_BASE_URL": "casemail.example.com"},
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert result.returncode == 3
+    assert result.stderr.count("Casemail cannot start: CASEMAIL_BASE_URL must be") == 1
+    assert "Worker failed to boot" in result.stderr
