@@ -359,8 +359,11 @@ def test_a_message_whose_turn_comes_late_is_left_unsent_for_its_next_attempt(
     for outbound_id in ids[1:]:
         left = row(app, outbound_id)
         assert left.last_error == outbox_service.NOT_STARTED
-        assert left.next_attempt_at is not None
-        set_row(app, outbound_id, next_attempt_at=left.created_at)
+        # Not tried, so no attempt counted, and due again at once.
+        assert left.attempts == 0
+        assert left.next_attempt_at is not None and left.next_attempt_at <= utcnow()
+    with app.app_context():
+        assert set(outbox_service.due_ids(utcnow())) == set(ids[1:])
     monkeypatch.undo()
     assert [r.status for r in send(app, ids[1:])] == ["sent", "sent"]
     assert [m.parsed["Subject"] for m in server.captured] == [f"Number {n}" for n in range(3)]

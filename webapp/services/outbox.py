@@ -165,8 +165,8 @@ BACKOFF = (
 STUCK_AFTER = timedelta(minutes=10)
 SEND_WITHIN = timedelta(minutes=5)
 NOT_STARTED = (
-    "Not sent: the messages sent before it in its batch took more than five minutes, so it "
-    "was left for the next attempt."
+    "Not sent yet: the messages sent before it in its batch took more than five minutes, so it "
+    "was put back to be sent by the next sender."
 )
 # New messages are sent by the job enqueued at commit; the sweeper leaves them this long to it.
 DUE_GRACE = timedelta(seconds=5)
@@ -653,6 +653,20 @@ def held(row: Claimed, reason: str) -> dict[str, Any]:
     return values
 
 
+def not_started(row: Claimed, now: datetime) -> dict[str, Any]:
+    """The columns that put back a claimed message that was not handed to a server: pending
+    and due at once, its attempt not counted."""
+    values = _unchanged(row)
+    values.update(
+        status=OutboundStatus.PENDING.value,
+        attempts=max(0, row.attempts - 1),
+        sending_at=None,
+        next_attempt_at=now,
+        last_error=NOT_STARTED,
+    )
+    return values
+
+
 def outcome(row: Claimed, delivery: Delivery, now: datetime) -> dict[str, Any]:
     """The columns that record what the server answered for a claimed message."""
     values = _unchanged(row)
@@ -719,10 +733,12 @@ class Outgoing:
 
 @dataclass(frozen=True, slots=True)
 class Answer:
-    """What the server said about one Outgoing message, and when."""
+    """What the server said about one Outgoing message, and when; `started` is False for
+    one left unsent because its turn came too late (SEND_WITHIN)."""
 
     delivery: Delivery
     at: datetime
+    started: bool = True
 
 
 def prepare(rows: Sequence[Claimed], senders: Senders) -> tuple[list[Outgoing], list[SendResult]]:
@@ -787,7 +803,8 @@ def transmit(outgoing: Sequence[Outgoing]) -> list[Answer]:
             assert item.failure is not None
             delivery = item.failure
         elif item.row.sending_at is not None and utcnow() - item.row.sending_at > SEND_WITHIN:
-            delivery = Delivery(Outcome.RETRY, NOT_STARTED)
+            answers.append(Answer(Delivery(Outcome.RETRY, NOT_STARTED), utcnow(), started=False))
+            continue
         else:
             built = item.built
             delivery = item.sender.send(built.sender, built.recipients, built.raw)
@@ -799,6 +816,9 @@ def finish(outgoing: Sequence[Outgoing], answers: Sequence[Answer]) -> list[Send
     """Record what the servers answered (the caller commits)."""
     changes = []
     for item, answer in zip(outgoing, answers, strict=True):
+        if not answer.started:
+            changes.append(not_started(item.row, answer.at))
+            continue
         values = outcome(item.row, answer.delivery, answer.at)
         if values["status"] == OutboundStatus.FAILED.value:
             _not_delivered(item.row, values["last_error"], answer.at)
