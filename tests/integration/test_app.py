@@ -106,9 +106,19 @@ def test_a_bad_setting_stops_the_start_with_a_sentence_not_a_traceback(
 
 def test_gunicorn_stops_on_a_bad_setting_instead_of_restarting_workers(app_env):
     result = subprocess.run(
-        [str(Path(sys.executable).with_name("gunicorn")), "--bind", "127.0.0.1:0", "wsgi:app"],
+        [
+            str(Path(sys.executable).with_name("gunicorn")),
+            *("--bind", "127.0.0.1:0", "--workers", "1", "wsgi:app"),
+        ],
         cwd=ROOT,
-        env={**app_env, "CASEMAIL_BASE_URL": "casemail.example.com"},
+        env={
+            **{
+                k: v
+                for k, v in app_env.items()
+                if k not in ("WEB_CONCURRENCY", "GUNICORN_CMD_ARGS")
+            },
+            "CASEMAIL_BASE_URL": "casemail.example.com",
+        },
         capture_output=True,
         text=True,
         timeout=60,

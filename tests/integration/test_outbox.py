@@ -15,6 +15,7 @@ from sqlalchemy import select, update
 from tests.fixtures.app import both_databases
 from webapp.extensions import db, get_redis
 from webapp.mail.correlate import new_reply_token
+from webapp.mail.sending import Delivery, Outcome
 from webapp.models import (
     CaseEvent,
     CaseType,
@@ -342,12 +343,12 @@ def test_a_message_whose_turn_comes_late_is_left_unsent_for_its_next_attempt(
     be about to send it then, even when a slow server held up the messages before it."""
     server, account_id = smtp_account
     ids = [queue(app, account_id, subject=f"Number {n}") for n in range(3)]
-    monkeypatch.setattr(outbox_service, "SEND_WITHIN", timedelta(milliseconds=300))
+    monkeypatch.setattr(outbox_service, "SEND_WITHIN", timedelta(seconds=1))
     answer = server.handle_DATA
 
     async def slow_first(smtp, session, envelope):
         if not server.captured:
-            await asyncio.sleep(0.6)
+            await asyncio.sleep(2)
         return await answer(smtp, session, envelope)
 
     monkeypatch.setattr(server, "handle_DATA", slow_first)
@@ -367,6 +368,29 @@ def test_a_message_whose_turn_comes_late_is_left_unsent_for_its_next_attempt(
     monkeypatch.undo()
     assert [r.status for r in send(app, ids[1:])] == ["sent", "sent"]
     assert [m.parsed["Subject"] for m in server.captured] == [f"Number {n}" for n in range(3)]
+
+
+@both_databases
+def test_a_late_answer_is_recorded_only_on_a_message_as_its_claim_left_it(app, smtp_account):
+    """A sender held up past the sweeper's bound answers at last: the message an admin
+    cancelled meanwhile stays cancelled; the one still uncertain gets the server's answer."""
+    _, account_id = smtp_account
+    cancelled, left_alone = (queue(app, account_id, subject=s) for s in ("One", "Two"))
+    with app.app_context():
+        claimed = outbox_service.claim([cancelled, left_alone], utcnow())
+        db.session.commit()
+        later = utcnow() + outbox_service.STUCK_AFTER + timedelta(seconds=1)
+        assert outbox_service.mark_uncertain(later) == 2
+        outbox_service.cancel(cancelled)
+        db.session.commit()
+        accepted = Delivery(Outcome.SENT, "Accepted.")
+        outbox_service.finish(
+            [outbox_service.Outgoing(c, None, None, accepted) for c in claimed],
+            [outbox_service.Answer(accepted, later) for _ in claimed],
+        )
+        db.session.commit()
+
+    assert (row(app, cancelled).status, row(app, left_alone).status) == ("cancelled", "sent")
 
 
 @both_databases

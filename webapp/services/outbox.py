@@ -631,6 +631,7 @@ def _unchanged(row: Claimed) -> dict[str, Any]:
     """Every column `record` writes, as the claim left it: one shape for one executemany."""
     return {
         "id": row.id,
+        "claimed_at": row.sending_at,
         "status": OutboundStatus.SENDING.value,
         "attempts": row.attempts,
         "sending_at": row.sending_at,
@@ -700,9 +701,19 @@ def outcome(row: Claimed, delivery: Delivery, now: datetime) -> dict[str, Any]:
 
 # Built once and run on the session's connection: one executemany, without the ORM's bulk
 # update machinery, which costs more than the statement itself for a chunk of messages.
+# Only a message still as this sender's claim left it is written ("sending", or "uncertain" if
+# the sweeper gave up on it meanwhile, with this claim's time): one an admin cancelled or sent
+# again since, or another sender claimed, is theirs.
 _RECORD = (
     update(OutboundMessage)
-    .where(OutboundMessage.id == bindparam("b_id"))
+    .where(
+        OutboundMessage.id == bindparam("b_id"),
+        or_(  # not in_(): executemany takes no expanding parameter
+            OutboundMessage.status == OutboundStatus.SENDING.value,
+            OutboundMessage.status == OutboundStatus.UNCERTAIN.value,
+        ),
+        OutboundMessage.sending_at == bindparam("b_claimed_at"),
+    )
     .values({name: bindparam(f"b_{name}") for name in _RECORDED_COLUMNS})
 )
 
@@ -711,7 +722,16 @@ def record(changes: Sequence[dict[str, Any]]) -> None:
     """Write what `held` and `outcome` return, in one executemany UPDATE (commit after)."""
     if changes:
         rows = [{f"b_{name}": value for name, value in values.items()} for values in changes]
-        db.session.connection().execute(_RECORD, rows)
+        result = db.session.connection().execute(_RECORD, rows)
+        written = result.rowcount
+        if 0 <= written < len(rows):
+            log.warning(
+                "%d of %d outbound messages changed while they were being sent (cancelled, "
+                "sent again or taken by another sender); their answers were not recorded: %s",
+                len(rows) - written,
+                len(rows),
+                [values["id"] for values in changes],
+            )
 
 
 def _result(values: dict[str, Any]) -> SendResult:
