@@ -644,26 +644,27 @@ def _unchanged(row: Claimed) -> dict[str, Any]:
 
 def held(row: Claimed, reason: str) -> dict[str, Any]:
     """The columns that record a claimed message held by a rate limit."""
-    values = _unchanged(row)
-    values.update(
-        status=OutboundStatus.HELD.value,
-        attempts=max(0, row.attempts - 1),  # it was not tried
-        sending_at=None,
-        last_error=reason,
-    )
-    return values
+    return _untried(row, OutboundStatus.HELD, reason)
 
 
 def not_started(row: Claimed, now: datetime) -> dict[str, Any]:
-    """The columns that put back a claimed message that was not handed to a server: pending
-    and due at once, its attempt not counted."""
+    """The columns that put back a claimed message whose turn came too late: pending and due
+    at once."""
+    return _untried(row, OutboundStatus.PENDING, NOT_STARTED, next_attempt_at=now)
+
+
+def _untried(
+    row: Claimed, status: OutboundStatus, reason: str, **more: datetime | None
+) -> dict[str, Any]:
+    """The columns of a claimed message that was not handed to a server: its attempt is not
+    counted."""
     values = _unchanged(row)
     values.update(
-        status=OutboundStatus.PENDING.value,
+        status=status.value,
         attempts=max(0, row.attempts - 1),
         sending_at=None,
-        next_attempt_at=now,
-        last_error=NOT_STARTED,
+        last_error=reason,
+        **more,
     )
     return values
 
