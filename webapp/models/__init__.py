@@ -25,7 +25,10 @@ from webapp.models.listeners import (
     RuleAction,
     ServiceEmailRule,
 )
+from webapp.models.storage import compress_with_lz4
 from webapp.models.user import ApiToken, Role, User
+
+compress_with_lz4(Case.metadata.tables)
 
 __all__ = [
     "AfterProcessing",

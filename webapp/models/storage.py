@@ -1,0 +1,67 @@
+"""How PostgreSQL stores the columns that hold whole messages and files.
+
+PostgreSQL compresses a value larger than about 2 KB before it stores it, with pglz unless a
+column says otherwise. pglz runs at some tens of megabytes a second and works through most of
+a value before it finds that base64 attachments barely shrink: storing a 30 KB message cost
+0.6 ms of the server's time with it, 0.2 ms with lz4 (PostgreSQL 14 and later, when built
+with it, as the common packages are), for the same size on disk. These columns are written for
+every message that arrives, so they use lz4 where the server has it; elsewhere nothing changes.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from sqlalchemy import DDL, Connection, Dialect, Table, event, text
+from sqlalchemy.sql.compiler import DDLCompiler
+from sqlalchemy.sql.ddl import BaseDDLElement
+from sqlalchemy.sql.schema import SchemaItem
+
+# Table -> columns written with every incoming or outgoing message.
+MAIL_SIZED_COLUMNS: dict[str, tuple[str, ...]] = {
+    "inbound_messages": ("raw",),
+    "case_attachments": ("data",),
+    "case_events": ("comment",),
+    "outbound_messages": ("body",),
+}
+
+
+def lz4_available(connection: Connection) -> bool:
+    """Whether the database is PostgreSQL and can compress columns with lz4."""
+    if connection.dialect.name != "postgresql":
+        return False
+    choices = connection.execute(
+        text("SELECT enumvals FROM pg_settings WHERE name = 'default_toast_compression'")
+    ).scalar()
+    return isinstance(choices, list) and "lz4" in choices
+
+
+def lz4_statements(method: str = "lz4") -> list[str]:
+    """The ALTER TABLE statements that set the compression of the mail-sized columns."""
+    return [
+        f"ALTER TABLE {table} "
+        + ", ".join(f"ALTER COLUMN {column} SET COMPRESSION {method}" for column in columns)
+        for table, columns in MAIL_SIZED_COLUMNS.items()
+    ]
+
+
+def _only_with_lz4(
+    ddl: BaseDDLElement,
+    target: SchemaItem | str,
+    bind: Connection | None,
+    tables: list[Table] | None = None,
+    state: Any = None,
+    *,
+    dialect: Dialect,
+    compiler: DDLCompiler | None = None,
+    checkfirst: bool = False,
+) -> bool:
+    return bind is not None and lz4_available(bind)
+
+
+def compress_with_lz4(tables: dict[str, Table]) -> None:
+    """Have `create_all` give the mail-sized columns lz4 compression on PostgreSQL (the
+    migrations do the same for a database they upgrade)."""
+    for name, statement in zip(MAIL_SIZED_COLUMNS, lz4_statements(), strict=True):
+        ddl = DDL(statement).execute_if(callable_=_only_with_lz4)
+        event.listen(tables[name], "after_create", ddl)
