@@ -436,14 +436,7 @@ def ingest_batch(
     `before_claim` is called just before the first write (a worker waits for its turn there).
     """
     ids = list(dict.fromkeys(inbound_ids))
-    waiting = db.session.execute(
-        select(
-            InboundMessage.id,
-            InboundMessage.raw,
-            InboundMessage.listener_id,
-            InboundMessage.account_id,
-        ).where(InboundMessage.id.in_(ids), InboundMessage.status == InboundStatus.RECEIVED.value)
-    ).all()
+    waiting = _waiting(ids)
     if not waiting:
         return []
     listeners = _listeners({row.listener_id for row in waiting if row.listener_id is not None})
@@ -500,6 +493,37 @@ def ingest_batch(
         case_service.give_back_numbers(type_id, first_unused, end)
     count_outcomes(tally)
     return retry
+
+
+def _waiting(ids: list[int]) -> Sequence[Any]:
+    """(id, raw, listener_id, account_id) rows of the messages of `ids` still "received".
+
+    On PostgreSQL they are read in the binary format: in the text format every byte of a raw
+    message travels as two hex digits that the driver decodes back, 0.15 ms for a 30 KB
+    message against 0.06 ms.
+    """
+    received = InboundStatus.RECEIVED.value
+    connection = db.session.connection()
+    if connection.dialect.name == "postgresql" and connection.dialect.driver == "psycopg":
+        from psycopg.rows import namedtuple_row
+
+        driver = connection.connection.driver_connection
+        assert driver is not None
+        with driver.cursor(binary=True, row_factory=namedtuple_row) as cursor:
+            cursor.execute(
+                "SELECT id, raw, listener_id, account_id FROM inbound_messages "
+                "WHERE id = ANY(%s) AND status = %s",
+                (ids, received),
+            )
+            return cursor.fetchall()
+    return db.session.execute(
+        select(
+            InboundMessage.id,
+            InboundMessage.raw,
+            InboundMessage.listener_id,
+            InboundMessage.account_id,
+        ).where(InboundMessage.id.in_(ids), InboundMessage.status == received)
+    ).all()
 
 
 def _prove_senders(batch: Batch, rows: Sequence[Any]) -> None:
