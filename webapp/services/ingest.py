@@ -61,6 +61,7 @@ from webapp.models import (
     RuleAction,
     ServiceEmailRule,
 )
+from webapp.models.storage import assign_ids
 from webapp.models.types import utcnow
 from webapp.services import approvals as approval_service
 from webapp.services import cases as case_service
@@ -629,7 +630,8 @@ def _ingest_together(batch: Batch, ids: list[int], tally: Tally) -> int | None:
         for at, inbound_id in enumerate(ids):  # noqa: B007 - `at` is reported on failure
             ingest_message(inbound_id, together, batch=batch)
         at = len(ids)
-        _give_new_cases_ids()
+        # The new cases take their ids in one query (PostgreSQL): see models.storage.
+        assign_ids([obj for obj in db.session.new if isinstance(obj, Case) and obj.id is None])
         db.session.flush()
         for model in (CaseEvent, CaseAttachment):
             rows = [{**values, "case_id": case.id} for m, case, values in batch.rows if m is model]
@@ -651,26 +653,6 @@ def _ingest_together(batch: Batch, ids: list[int], tally: Tally) -> int | None:
     savepoint.commit()
     tally.update(together)
     return None
-
-
-def _give_new_cases_ids() -> None:
-    """Give the batch's new cases their ids from the sequence, in one query, on PostgreSQL.
-
-    Without ids the flush writes the cases in one INSERT of every row with RETURNING, a
-    statement of some 35 KB for 50 cases that the driver and the server both parse and plan
-    anew for each batch; with them, the driver sends one short INSERT for each case, all in
-    one round trip. The ids a rolled-back pass took are skipped, as ids are."""
-    if db.session.get_bind().dialect.name != "postgresql":
-        return
-    new = [obj for obj in db.session.new if isinstance(obj, Case) and obj.id is None]
-    if len(new) < 2:
-        return
-    with db.session.no_autoflush:
-        sequence = func.pg_get_serial_sequence(Case.__tablename__, "id")
-        numbers = func.generate_series(1, len(new))
-        ids = db.session.scalars(select(func.nextval(sequence)).select_from(numbers)).all()
-    for case, case_id in zip(new, sorted(ids), strict=True):
-        case.id = case_id
 
 
 def _ingest_one_by_one(batch: Batch, ids: list[int], tally: Tally) -> list[int]:

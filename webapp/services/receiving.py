@@ -36,6 +36,7 @@ from webapp.models import (
     InboundMessage,
     InboundStatus,
 )
+from webapp.models.storage import assign_ids
 from webapp.models.types import utcnow
 from webapp.secretbox import SecretError
 from webapp.services.accounts import (
@@ -235,6 +236,7 @@ def _store_batch(
             result.quarantined += 1
         else:
             result.stored += 1
+    assign_ids(messages)
     db.session.add_all(messages)
     return messages
 
