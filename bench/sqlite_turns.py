@@ -1,4 +1,4 @@
-"""Two SQLite writers: taking turns through `workers.inbound.write_turn` against SQLite's own
+"""Two SQLite writers: taking turns through `webapp.services.turns.write_turn` against SQLite's own
 waiting.
 
     python bench/sqlite_turns.py [--seconds 6] [--rounds 3] [--outside 30] [--inside 40]
@@ -38,7 +38,7 @@ def worker(turns: bool, args: argparse.Namespace, done: multiprocessing.Queue[in
 
     from webapp import create_app
     from webapp.extensions import db
-    from workers.inbound import write_turn
+    from webapp.services.turns import write_turn
 
     batches = 0
     with create_app().app_context():

@@ -14,17 +14,16 @@ claim only takes messages still "received", in the same transaction as their cas
 
 from __future__ import annotations
 
-import fcntl
 import gc
 import logging
 import time
-from collections.abc import Callable, Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import Sequence
 from datetime import timedelta
 
 from sqlalchemy.exc import OperationalError
 
 from webapp.extensions import db, get_queue
+from webapp.services.turns import write_turn
 from workers.app import job
 from workers.queues import INBOUND
 
@@ -77,39 +76,6 @@ def ingest_messages(inbound_ids: list[int]) -> None:
         if attempt < ATTEMPTS:
             time.sleep(0.05 * attempt)
     log.warning("%d incoming messages left for the reconciler: %s", len(pending), pending)
-
-
-@contextmanager
-def write_turn() -> Iterator[Callable[[], None]]:
-    """A function that waits for this worker's turn to write to an SQLite database, and the
-    turn until the block ends; on other databases it does nothing.
-
-    SQLite lets one transaction write at a time, and a transaction that finds the database
-    taken sleeps and tries again, up to 100 ms between tries. Ingest workers instead take turns
-    through a lock on a file beside the database (`<database>.ingest-turn`), which the system
-    hands to the next worker the moment the last one releases it, so that a second worker
-    writes as soon as the first has committed.
-    """
-    path = _turn_file()
-    if path is None:
-        yield lambda: None
-        return
-    with open(path, "a") as handle:  # closing it releases the lock, whatever happened
-
-        def take() -> None:
-            fcntl.flock(handle, fcntl.LOCK_EX)
-
-        yield take
-
-
-def _turn_file() -> str | None:
-    url = db.engine.url
-    database = url.database or ""
-    if url.get_backend_name() != "sqlite" or database in ("", ":memory:"):
-        return None
-    if database.startswith("file:") or url.query.get("uri"):
-        return None  # a URI names the file in its own way; SQLite's own waiting applies
-    return f"{database}.ingest-turn"
 
 
 def _freeze_startup_objects() -> None:

@@ -15,7 +15,7 @@ from webapp.extensions import db
 from webapp.models import Case, CaseAttachment, CaseEvent, EmailListener, OutboundMessage
 from webapp.services import cases as case_service
 from webapp.services import ingest as ingest_service
-from workers import inbound as inbound_jobs
+from webapp.services import turns
 from workers.inbound import ingest_messages
 
 PDF = (
@@ -330,7 +330,7 @@ def test_workers_on_sqlite_take_turns_to_write(app, route):
         for s in ("Taxi", "Hotel")
     ]
     with app.app_context():
-        turn_file = inbound_jobs._turn_file()
+        turn_file = turns.turn_file()
     assert turn_file == f"{app.config['SQLALCHEMY_DATABASE_URI'][len('sqlite:///') :]}.ingest-turn"
     other_worker = open(turn_file, "a")  # noqa: SIM115 - held across the steps below
     fcntl.flock(other_worker, fcntl.LOCK_EX)
@@ -353,6 +353,6 @@ def test_workers_on_sqlite_take_turns_to_write(app, route):
 @pytest.mark.parametrize("database_url", ["postgres"], indirect=True)
 def test_workers_on_postgresql_write_at_the_same_time(app):
     with app.app_context():
-        assert inbound_jobs._turn_file() is None
-        with inbound_jobs.write_turn() as take_turn:
+        assert turns.turn_file() is None
+        with turns.write_turn() as take_turn:
             take_turn()  # returns at once: PostgreSQL locks rows, not the database

@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import fcntl
 import poplib
+import threading
+import time
 from collections.abc import Callable
 
 import pytest
@@ -13,6 +16,7 @@ from tests.fixtures.app import both_databases
 from tests.fixtures.listeners import make_raw
 from webapp.extensions import db
 from webapp.models import EmailListener, InboundMessage
+from webapp.services import turns
 from webapp.services.receiving import PollResult, poll
 
 
@@ -83,6 +87,36 @@ def test_imap_stores_each_message_once_then_marks_it_read(
     again = run(app, listener_id)
     assert again.summary() == "fetched 0, stored 0, duplicates 0"
     assert len(stored(app)) == 3
+
+
+def test_a_poll_on_sqlite_writes_in_its_turn_among_the_ingest_workers(
+    app, dovecot, mailbox_user, mailbox_account, make_listener, imap
+):
+    """While an ingest worker writes, the poll waits for its turn (not SQLite's steps of up to
+    100 ms), leaving the server's message unflagged; it stores the moment the turn ends."""
+    dovecot.deliver(mailbox_user.login, make_raw("Order 1"))
+    listener_id = make_listener(mailbox_account())
+    with app.app_context():
+        turn_file = turns.turn_file()
+    assert turn_file is not None
+    worker = open(turn_file, "a")  # noqa: SIM115 - held across the steps below
+    fcntl.flock(worker, fcntl.LOCK_EX)
+    results: list[PollResult] = []
+    polling = threading.Thread(target=lambda: results.append(run(app, listener_id)))
+    polling.start()
+    try:
+        polling.join(1.0)
+        assert polling.is_alive()
+        assert stored(app) == []
+        assert flags_by_subject(imap) == {"Order 1": ()}
+    finally:
+        started = time.monotonic()
+        worker.close()  # the worker's turn ends
+    polling.join(10)
+    assert not polling.is_alive()
+    assert time.monotonic() - started < 2
+    assert results[0].summary() == "fetched 1, stored 1, duplicates 0"
+    assert [m.status for m in stored(app)] == ["received"]
 
 
 def test_imap_over_tls_with_a_truststore(

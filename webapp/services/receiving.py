@@ -49,6 +49,7 @@ from webapp.services.accounts import (
 )
 from webapp.services.auth_profiles import oauth_settings
 from webapp.services.mail_settings import host_policy
+from webapp.services.turns import write_turn
 
 log = logging.getLogger(__name__)
 # Called with the ids of each committed batch that still need ingesting.
@@ -244,12 +245,17 @@ def _store_batch(
 def _commit_batch(
     listener: EmailListener, messages: list[InboundMessage], committed: Committed
 ) -> None:
-    db.session.flush()
-    # Received messages are counted when ingest decides what they are; only those quarantined
-    # here (too large) never reach ingest.
-    listener.quarantined_count += sum(m.status == InboundStatus.QUARANTINED.value for m in messages)
-    to_ingest = [m.id for m in messages if m.status == InboundStatus.RECEIVED.value]
-    db.session.commit()
+    # On SQLite the batch is written in its turn among the ingest workers (services.turns).
+    with write_turn() as take_turn:
+        take_turn()
+        db.session.flush()
+        # Received messages are counted when ingest decides what they are; only those
+        # quarantined here (too large) never reach ingest.
+        listener.quarantined_count += sum(
+            m.status == InboundStatus.QUARANTINED.value for m in messages
+        )
+        to_ingest = [m.id for m in messages if m.status == InboundStatus.RECEIVED.value]
+        db.session.commit()
     if to_ingest:
         committed(to_ingest)
 
