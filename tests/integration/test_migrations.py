@@ -84,7 +84,7 @@ def test_postgres_compresses_messages_and_files_with_lz4(app_settings, redis_cli
         columns = [(t, c) for t, cs in MAIL_SIZED_COLUMNS.items() for c in cs]
         assert {_compression(t, c) for t, c in columns} == {"l"}
         assert _stored_compression() == "lz4"
-        downgrade(revision="-1")
+        downgrade(revision="1614b60f3e70")  # the revision before lz4
         assert {_compression(t, c) for t, c in columns} == {""}
         assert _stored_compression() == "pglz"
         downgrade(revision="base")

@@ -39,14 +39,16 @@ class InboundMessage(Model):
     message_id: Mapped[str | None] = mapped_column(String(998), index=True)
     subject: Mapped[str] = mapped_column(Text, default="")
     from_address: Mapped[str] = mapped_column(String(320), default="")
-    sha256: Mapped[str] = mapped_column(String(64), index=True)
+    # Not indexed, nor is received_at: no query looks a message up by either, and every index
+    # is written again each time a message is stored, claimed and given its outcome.
+    sha256: Mapped[str] = mapped_column(String(64))
     size: Mapped[int]
     raw: Mapped[bytes] = mapped_column(LargeBinary)
     status: Mapped[str] = mapped_column(
         String(20), default=InboundStatus.RECEIVED.value, index=True
     )
     status_reason: Mapped[str] = mapped_column(Text, default="")
-    received_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow, index=True)
+    received_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
 
     listener_id: Mapped[int | None] = mapped_column(
         ForeignKey("email_listeners.id", ondelete="SET NULL"), index=True
