@@ -6,8 +6,9 @@ import fcntl
 import threading
 import time
 
+import psycopg
 import pytest
-from sqlalchemy import func, select
+from sqlalchemy import func, select, text
 
 from tests.fixtures.app import both_databases
 from tests.support.inbound import load, make_route, message, store
@@ -356,3 +357,22 @@ def test_workers_on_postgresql_write_at_the_same_time(app):
         assert turns.turn_file() is None
         with turns.write_turn() as take_turn:
             take_turn()  # returns at once: PostgreSQL locks rows, not the database
+
+
+@pytest.mark.parametrize("database_url", ["postgres"], indirect=True)
+def test_a_connection_the_server_dropped_is_replaced_within_the_job(app, route, postgres_url):
+    """The batch's raw messages are read through the driver's own cursor (binary results): a
+    connection PostgreSQL dropped meanwhile still ends as SQLAlchemy's OperationalError, which
+    the job answers with a new connection, not a failed job and a wait for the reconciler."""
+    listener_id = route()
+    ids = [
+        store(app, message(subject=s, message_id=f"<{s}@example.com>"), listener_id)
+        for s in ("Taxi", "Hotel")
+    ]
+    with app.app_context():
+        backend = db.session.scalar(text("SELECT pg_backend_pid()"))
+        with psycopg.connect(postgres_url, autocommit=True) as admin:
+            admin.execute("SELECT pg_terminate_backend(%s)", (backend,))
+        ingest_messages(ids)  # the same session: its first statement meets the dropped link
+    assert [load(app, i).status for i in ids] == ["processed", "processed"]
+    assert count(app, Case) == 2

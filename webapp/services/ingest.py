@@ -25,8 +25,8 @@ from dataclasses import dataclass, field
 from datetime import timedelta
 from typing import Any, cast
 
-from sqlalchemy import CursorResult, func, insert, select, update
-from sqlalchemy.exc import OperationalError
+from sqlalchemy import Connection, CursorResult, func, insert, select, update
+from sqlalchemy.exc import DBAPIError, OperationalError
 from sqlalchemy.orm import SessionTransaction, defer, joinedload
 from sqlalchemy.orm.exc import StaleDataError
 
@@ -506,17 +506,7 @@ def _waiting(ids: list[int]) -> Sequence[Any]:
     received = InboundStatus.RECEIVED.value
     connection = db.session.connection()
     if connection.dialect.name == "postgresql" and connection.dialect.driver == "psycopg":
-        from psycopg.rows import namedtuple_row
-
-        driver = connection.connection.driver_connection
-        assert driver is not None
-        with driver.cursor(binary=True, row_factory=namedtuple_row) as cursor:
-            cursor.execute(
-                "SELECT id, raw, listener_id, account_id FROM inbound_messages "
-                "WHERE id = ANY(%s) AND status = %s",
-                (ids, received),
-            )
-            return cursor.fetchall()
+        return _waiting_binary(connection, ids, received)
     return db.session.execute(
         select(
             InboundMessage.id,
@@ -525,6 +515,39 @@ def _waiting(ids: list[int]) -> Sequence[Any]:
             InboundMessage.account_id,
         ).where(InboundMessage.id.in_(ids), InboundMessage.status == received)
     ).all()
+
+
+def _waiting_binary(connection: Connection, ids: list[int], received: str) -> Sequence[Any]:
+    """`_waiting` through psycopg's own cursor, which can ask for binary results, in the
+    session's transaction. Its errors are SQLAlchemy's, as those of any other statement: a
+    connection the server dropped is invalidated and the error is an OperationalError, which
+    the ingest job retries on a new connection."""
+    import psycopg
+    from psycopg.rows import namedtuple_row
+
+    driver = connection.connection.driver_connection
+    assert isinstance(driver, psycopg.Connection)
+    statement = (
+        "SELECT id, raw, listener_id, account_id FROM inbound_messages "
+        "WHERE id = ANY(%s) AND status = %s"
+    )
+    parameters = (ids, received)
+    try:
+        with driver.cursor(binary=True, row_factory=namedtuple_row) as cursor:
+            cursor.execute(statement, parameters)
+            return cursor.fetchall()
+    except psycopg.Error as exc:
+        dropped = connection.dialect.is_disconnect(cast(Any, exc), connection.connection, None)
+        if dropped:
+            connection.invalidate(exc)
+        raise DBAPIError.instance(
+            statement,
+            parameters,
+            exc,
+            psycopg.Error,
+            dialect=connection.dialect,
+            connection_invalidated=dropped,
+        ) from exc
 
 
 def _prove_senders(batch: Batch, rows: Sequence[Any]) -> None:
