@@ -95,3 +95,18 @@ def test_postgres_compresses_messages_and_files_with_lz4(app_settings, redis_cli
         assert _stored_compression() == "lz4"
         db.session.remove()
         db.engine.dispose()
+
+
+@pytest.mark.parametrize("database_url", ["postgres"], indirect=True)
+def test_migrations_write_an_sql_script_for_a_database_administrator(
+    app_settings, redis_client, capsys
+):
+    """`flask db upgrade --sql` (offline: no database is asked anything) writes the whole
+    script; the lz4 step, which must ask the server, leaves the columns as they are."""
+    app = create_app(app_settings)
+    with app.app_context():
+        upgrade(sql=True)
+    script = capsys.readouterr().out
+    assert "CREATE TABLE inbound_messages" in script
+    assert "DROP INDEX ix_inbound_messages_sha256" in script
+    assert "SET COMPRESSION" not in script
