@@ -142,6 +142,17 @@ def test_fetches_in_batches_of_the_listener_size(
     assert [len(ids) for ids in batches.calls] == [2, 2, 1]
 
 
+def test_a_backlog_is_handed_on_in_growing_batches_so_ingest_starts_early(
+    app, dovecot, mailbox_user, mailbox_account, make_listener
+):
+    for n in range(45):
+        dovecot.deliver(mailbox_user.login, make_raw(f"Order {n}"))
+    batches = Batches()
+    result = run(app, make_listener(mailbox_account(), max_batch=25), batches)
+    assert [len(ids) for ids in batches.calls] == [10, 20, 15]  # 10, then doubling up to 25
+    assert result.stored == 45 and len({i for ids in batches.calls for i in ids}) == 45
+
+
 def test_delete_removes_stored_messages_from_the_server(
     app, dovecot, mailbox_user, mailbox_account, make_listener, imap
 ):

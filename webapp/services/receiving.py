@@ -130,9 +130,19 @@ def _imap_session(endpoint: Endpoint, login: MailboxLogin, policy: HostPolicy) -
                 client.shutdown()
 
 
+# A poll's first batch is small and each next one twice the one before, up to the listener's
+# batch size: ingest starts on the first messages of a large backlog while the rest are fetched.
+FIRST_BATCH = 10
+
+
 def _batches(items: Sequence[Any], size: int) -> Iterator[Sequence[Any]]:
-    for start in range(0, len(items), max(size, 1)):
-        yield items[start : start + max(size, 1)]
+    size = max(size, 1)
+    step = min(FIRST_BATCH, size)
+    start = 0
+    while start < len(items):
+        yield items[start : start + step]
+        start += step
+        step = min(step * 2, size)
 
 
 def _known(
