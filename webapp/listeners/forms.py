@@ -58,7 +58,9 @@ class ListenerForm(BaseForm):
             InputRequired("Enter the batch size."),
             NumberRange(service.MIN_BATCH, service.MAX_BATCH),
         ],
-        description="Fetched, stored and handed on together.",
+        description=(
+            "At most this many are fetched, stored and handed on together; a poll starts with 10."
+        ),
     )
     after_processing = SelectField(
         "After storing a message", choices=AFTER_CHOICES, default="mark_read"
