@@ -64,6 +64,31 @@ def test_rate_limit_per_case(app, smtp_account, make_case_type, make_case):
     assert f"case {reference} sent 1 message in the last hour" in row(app, second).last_error
 
 
+@both_databases
+def test_held_and_cancelled_messages_do_not_count_against_the_limits(
+    app, smtp_account, make_case_type, make_case
+):
+    server, account_id = smtp_account
+    app.config["CASEMAIL_RATE_LIMIT_PER_RECIPIENT"] = 2
+    app.config["CASEMAIL_RATE_LIMIT_PER_CASE"] = 2
+    reference = make_case(make_case_type())
+    # Three messages of the last hour to paula@ from the case, of which only one counts.
+    earlier = [queue(app, account_id, reference, subject=f"Earlier {n}") for n in range(3)]
+    set_row(app, earlier[0], status="held")
+    set_row(app, earlier[1], status="cancelled")
+    send(app, [earlier[2]])
+    later = [queue(app, account_id, reference, subject=f"Later {n}") for n in range(2)]
+
+    results = send(app, later)
+
+    assert {r.outbound_id: r.status for r in results} == {later[0]: "sent", later[1]: "held"}
+    assert "paula@example.org was sent 2 messages in the last hour" in row(app, later[1]).last_error
+    assert [m.parsed["Subject"] for m in server.wait_for(2)] == [
+        f"[{reference}] Earlier 2",
+        f"[{reference}] Later 0",
+    ]
+
+
 def test_admin_sees_a_held_message_and_releases_it(app, client, login_as, smtp_account):
     server, account_id = smtp_account
     app.config["CASEMAIL_RATE_LIMIT_PER_RECIPIENT"] = 1

@@ -226,12 +226,15 @@ class OutboundMessage(Model):
     """
 
     __tablename__ = "outbound_messages"
-    __table_args__ = (Index("ix_outbound_status_next_attempt", "status", "next_attempt_at"),)
+    __table_args__ = (
+        Index("ix_outbound_status_next_attempt", "status", "next_attempt_at"),
+        # The limit per case counts a case's messages of the last hour from this index alone.
+        Index("ix_outbound_case_created", "case_id", "created_at", "id"),
+    )
 
     id: Mapped[int] = mapped_column(primary_key=True)
-    case_id: Mapped[int | None] = mapped_column(
-        ForeignKey("cases.id", ondelete="CASCADE"), index=True
-    )
+    # Indexed by ix_outbound_case_created, whose first column it is.
+    case_id: Mapped[int | None] = mapped_column(ForeignKey("cases.id", ondelete="CASCADE"))
     account_id: Mapped[int | None] = mapped_column(
         ForeignKey("email_accounts.id", ondelete="SET NULL"), index=True
     )
@@ -278,7 +281,10 @@ class OutboundRecipient(Model):
     """One recipient of one outgoing message, for the rate limits per recipient."""
 
     __tablename__ = "outbound_recipients"
-    __table_args__ = (Index("ix_outbound_recipients_address_created", "address", "created_at"),)
+    # The limit per recipient counts an address's messages of the last hour from this index.
+    __table_args__ = (
+        Index("ix_outbound_recipients_address_sent", "address", "created_at", "outbound_id"),
+    )
 
     id: Mapped[int] = mapped_column(primary_key=True)
     outbound_id: Mapped[int] = mapped_column(

@@ -12,7 +12,7 @@ from __future__ import annotations
 import base64
 import logging
 import re
-from collections import defaultdict
+from collections import Counter, defaultdict
 from collections.abc import Iterable, Sequence
 from contextlib import ExitStack
 from dataclasses import dataclass
@@ -22,6 +22,7 @@ from typing import Any
 
 from flask import current_app
 from sqlalchemy import and_, bindparam, func, or_, select, update
+from sqlalchemy.orm import InstrumentedAttribute
 from sqlalchemy.sql.elements import ColumnElement
 
 from webapp.extensions import db
@@ -290,9 +291,9 @@ def hold_over_limit(
     with the reason to record for each.
 
     A message counts against the limits from the moment it is written, unless it was held or
-    cancelled; earlier messages come first. Two grouped queries count what came before the
-    batch; the batch is counted here as it goes. Only a message's first attempt is checked:
-    one an admin released (or sent again) goes out without another check.
+    cancelled; earlier messages come first. Grouped queries count what came before the batch
+    (`_counts`); the batch is counted here as it goes. Only a message's first attempt is
+    checked: one an admin released (or sent again) goes out without another check.
     """
     per_recipient = current_app.config["CASEMAIL_RATE_LIMIT_PER_RECIPIENT"]
     per_case = current_app.config["CASEMAIL_RATE_LIMIT_PER_CASE"]
@@ -301,40 +302,33 @@ def hold_over_limit(
         return {}
     first = rows[0].id
     since = now - RATE_WINDOW
-    counted = OutboundMessage.status.not_in(
-        [OutboundStatus.HELD.value, OutboundStatus.CANCELLED.value]
-    )
     to_address: dict[str, int] = defaultdict(int)
     if per_recipient > 0:
         wanted = {a for r in candidates for a in [*r.recipients, *r.cc]}
+        to_batch = Counter(a for r in rows for a in {*r.recipients, *r.cc})
         to_address.update(
-            db.session.execute(
-                select(OutboundRecipient.address, func.count())
-                .join(OutboundMessage, OutboundMessage.id == OutboundRecipient.outbound_id)
-                .where(
-                    OutboundRecipient.address.in_(wanted),
-                    OutboundRecipient.created_at >= since,
-                    OutboundRecipient.outbound_id < first,
-                    counted,
-                )
-                .group_by(OutboundRecipient.address)
-            ).all()
+            _counts(
+                OutboundRecipient.address,
+                wanted,
+                {a: per_recipient - to_batch[a] for a in wanted},
+                OutboundRecipient.created_at >= since,
+                OutboundRecipient.outbound_id < first,
+                join=OutboundRecipient.outbound_id,
+            )
         )
     from_case: dict[int, int] = defaultdict(int)
     case_ids = {r.case_id for r in candidates if r.case_id is not None}
     if per_case > 0 and case_ids:
-        for case_id, count in db.session.execute(
-            select(OutboundMessage.case_id, func.count())
-            .where(
-                OutboundMessage.case_id.in_(case_ids),
+        from_batch = Counter(r.case_id for r in rows if r.case_id is not None)
+        from_case.update(
+            _counts(
+                OutboundMessage.case_id,
+                case_ids,
+                {c: per_case - from_batch[c] for c in case_ids},
                 OutboundMessage.created_at >= since,
                 OutboundMessage.id < first,
-                counted,
             )
-            .group_by(OutboundMessage.case_id)
-        ):
-            if case_id is not None:
-                from_case[case_id] = count
+        )
     candidate_ids = {r.id for r in candidates}
     held: dict[int, str] = {}
     for row in rows:
@@ -353,6 +347,40 @@ def hold_over_limit(
         if row.case_id is not None:
             from_case[row.case_id] += 1
     return held
+
+
+def _counts(
+    key: InstrumentedAttribute[Any],
+    keys: set[Any],
+    room: dict[Any, int],
+    *window: ColumnElement[bool],
+    join: InstrumentedAttribute[int] | None = None,
+) -> dict[Any, int]:
+    """The messages counted against a limit in `window`, for each of `keys`.
+
+    The first count takes every message in the window, held and cancelled ones too, from an
+    index alone. That is never less than what the limits count, so it will do for every key
+    whose count is within its `room` (the limit less the batch's own messages): that key
+    cannot reach the limit in this batch either way. The keys beyond it are counted again
+    without the held and cancelled messages, which reads the messages' rows; most keys are
+    far from their limit, so that is rare.
+    """
+    found: dict[Any, int] = dict(
+        db.session.execute(
+            select(key, func.count()).where(key.in_(keys), *window).group_by(key)
+        ).all()
+    )
+    near = {k for k, count in found.items() if count > room[k]}
+    if near:
+        counted = OutboundMessage.status.not_in(
+            [OutboundStatus.HELD.value, OutboundStatus.CANCELLED.value]
+        )
+        exact = select(key, func.count()).where(key.in_(near), *window, counted).group_by(key)
+        if join is not None:
+            exact = exact.join(OutboundMessage, OutboundMessage.id == join)
+        found.update({k: 0 for k in near})
+        found.update(db.session.execute(exact).all())
+    return found
 
 
 def _over_limit(
