@@ -1,13 +1,15 @@
 """Sending the outbox: the sender job against plain smtplib, to the same local SMTP sink.
 
-    python bench/outbox.py [--messages 500] [--rounds 3] [--database-url URL]
-                           [--redis-url redis://127.0.0.1:6379/12]
+    python bench/outbox.py [--messages 500] [--rounds 3] [--job-size 100] [--database-url URL]
+                           [--server thread|process] [--redis-url redis://127.0.0.1:6379/12]
 
 Each round writes N stage notifications of a few cases to the outbox (committed, as a stage
-change would), then times `send_outbound` on them in jobs of 100 ids, called directly in an app
-context: claim, build (threading, reply token, rate limits checked), send over one SMTP
-connection per job, record. Then it sends the very bytes the sink received again with plain
-smtplib over one reused connection. Prints both rates and their ratio (median of the rounds).
+change would), then times `send_outbound` on them in jobs of 100 ids (the sender's batch; a
+stage change that notifies two people makes a job of 2: `--job-size 2`), called directly in an
+app context: claim, build (threading, reply token, rate limits checked), send over the
+account's SMTP connection (kept from one job to the next), record. Then it sends the very
+bytes the sink received again with plain smtplib over one reused connection. Prints both rates
+and their ratio (median of the rounds).
 The database is a fresh SQLite file unless --database-url names another (it gets the tables
 created; use an empty one). The Redis database given is emptied: use one nothing else uses.
 """
@@ -211,6 +213,9 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--messages", type=int, default=500)
     parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument(
+        "--job-size", type=int, default=BATCH, help=f"messages per job (default {BATCH})"
+    )
     parser.add_argument("--database-url", default="", help="an empty database; default SQLite")
     parser.add_argument(
         "--server",
@@ -224,6 +229,8 @@ def main() -> None:
         help="a Redis database of its own: it is emptied",
     )
     args = parser.parse_args()
+    if args.job_size < 1:
+        parser.error("--job-size must be at least 1")
     folder = Path(tempfile.mkdtemp(prefix="casemail-bench-outbox-"))
     database = args.database_url or f"sqlite:///{folder / 'bench.db'}"
     use_throwaway_instance(
@@ -265,8 +272,8 @@ def main() -> None:
                 specs = specs_of(ids)
                 started = time.perf_counter()
                 results = []
-                for start in range(0, len(ids), BATCH):
-                    results.extend(send_outbound(ids[start : start + BATCH]))
+                for start in range(0, len(ids), args.job_size):
+                    results.extend(send_outbound(ids[start : start + args.job_size]))
                 elapsed = time.perf_counter() - started
                 sent = sum(1 for r in results if r.status == "sent")
                 if sent != len(ids):
@@ -303,7 +310,8 @@ def main() -> None:
     against_plain = statistics.median(ratios)
     against_built = statistics.median(o / b for o, b in zip(ours, built, strict=True))
     print(
-        f"{args.messages} notifications, {engine}, SMTP sink in a {args.server}, "
+        f"{args.messages} notifications in jobs of {args.job_size}, {engine}, "
+        f"SMTP sink in a {args.server}, "
         f"median of {args.rounds} rounds: "
         f"send_outbound {rate:.1f} msg/s ({min(ours):.0f}-{max(ours):.0f}); "
         f"smtplib with bytes built before {limit:.1f} msg/s "

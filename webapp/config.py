@@ -64,6 +64,13 @@ def _int(env: Mapping[str, str], name: str, default: int) -> int:
         raise ConfigError(f"{name} must be a whole number, got {raw!r}") from None
 
 
+def _not_negative(env: Mapping[str, str], name: str, default: int) -> int:
+    value = _int(env, name, default)
+    if value < 0:
+        raise ConfigError(f"{name} must be 0 or more, got {value}")
+    return value
+
+
 def _positive(env: Mapping[str, str], name: str, default: int) -> int:
     value = _int(env, name, default)
     if value < 1:
@@ -183,6 +190,7 @@ def load_config(env: Mapping[str, str], instance_path: str) -> dict[str, Any]:
         "CASEMAIL_DKIM_KEYS": env.get("CASEMAIL_DKIM_KEYS", "").strip(),
         "CASEMAIL_RATE_LIMIT_PER_RECIPIENT": _int(env, "CASEMAIL_RATE_LIMIT_PER_RECIPIENT", 30),
         "CASEMAIL_RATE_LIMIT_PER_CASE": _int(env, "CASEMAIL_RATE_LIMIT_PER_CASE", 60),
+        "CASEMAIL_SMTP_KEEP_SECONDS": _not_negative(env, "CASEMAIL_SMTP_KEEP_SECONDS", 30),
         "CASEMAIL_LOGIN_MAX_FAILURES": _int(env, "CASEMAIL_LOGIN_MAX_FAILURES", 10),
         "CASEMAIL_LOGIN_LOCK_SECONDS": _int(env, "CASEMAIL_LOGIN_LOCK_SECONDS", 900),
         "CASEMAIL_LOG_LEVEL": env.get("CASEMAIL_LOG_LEVEL", "INFO").upper(),

@@ -26,6 +26,7 @@ from webapp.models import (
     OutboundStatus,
 )
 from webapp.models.types import utcnow
+from webapp.secretbox import get_secretbox
 from webapp.services import cases as case_service
 from webapp.services import outbox as outbox_service
 from webapp.services.approval_links import APPROVE_MARK
@@ -190,6 +191,63 @@ def test_many_messages_go_over_one_connection(app, smtp_account):
     assert [r.status for r in results] == ["sent"] * 7
     assert len(server.wait_for(7)) == 7
     assert server.connections == 1
+
+
+def test_the_next_batch_goes_over_the_kept_connection(app, smtp_account):
+    server, account_id = smtp_account
+
+    first = send(app, [queue(app, account_id), queue(app, account_id)])
+    second = send(app, [queue(app, account_id)])
+
+    assert [r.status for r in first + second] == ["sent"] * 3
+    assert len(server.wait_for(3)) == 3
+    assert server.connections == 1
+
+
+def test_a_kept_connection_the_server_closed_is_replaced_before_sending(app, smtp_account):
+    server, account_id = smtp_account
+    send(app, [queue(app, account_id)])
+    server.drop_connections()  # as a server does with a session idle too long
+
+    ids = [queue(app, account_id), queue(app, account_id)]
+    results = send(app, ids)
+
+    # Not one message paid for the dead connection with a retry.
+    assert [r.status for r in results] == ["sent", "sent"]
+    assert [row(app, i).attempts for i in ids] == [1, 1]
+    assert len(server.wait_for(3)) == 3
+    assert server.connections == 2
+
+
+def test_connections_are_not_kept_when_keeping_is_off(app, smtp_account):
+    server, account_id = smtp_account
+    app.config["CASEMAIL_SMTP_KEEP_SECONDS"] = 0
+
+    send(app, [queue(app, account_id)])
+    send(app, [queue(app, account_id)])
+
+    assert len(server.wait_for(2)) == 2
+    assert server.connections == 2
+
+
+def test_a_kept_connection_serves_only_its_account_and_sign_in(app, smtp_server, make_account):
+    server = smtp_server(auth={"sender": "pw", "other": "pw2", "third": "pw3"}, require_auth=True)
+    where = {"smtp_host": server.host, "smtp_port": server.port}
+    account_id = make_account(smtp_user_id="sender", smtp_password="pw", **where)
+    another = make_account(smtp_user_id="third", smtp_password="pw3", **where)
+
+    send(app, [queue(app, account_id)])
+    send(app, [queue(app, another)])  # same server, another account
+    with app.app_context():
+        account = db.session.get(EmailAccount, account_id)
+        assert account is not None
+        account.smtp_user_id = "other"  # the account now signs in as someone else
+        account.smtp_password_encrypted = get_secretbox().encrypt("pw2")
+        db.session.commit()
+    (result,) = send(app, [queue(app, account_id)])
+
+    assert result.status == "sent", result.detail
+    assert [m.auth_login for m in server.wait_for(3)] == ["sender", "third", "other"]
 
 
 @pytest.mark.parametrize("security", ["starttls", "smtps"])

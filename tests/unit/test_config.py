@@ -103,6 +103,8 @@ def test_bad_values_are_named(tmp_path):
         load_config({"CASEMAIL_ENV": "prod"}, str(tmp_path))
     with pytest.raises(ConfigError, match="CASEMAIL_DEV_SMTP_PORT must be a whole number"):
         load_config({"CASEMAIL_DEV_SMTP_PORT": "25x"}, str(tmp_path))
+    with pytest.raises(ConfigError, match=r"CASEMAIL_SMTP_KEEP_SECONDS must be 0 or more, got -1"):
+        load_config({"CASEMAIL_SMTP_KEEP_SECONDS": "-1"}, str(tmp_path))
     with pytest.raises(ConfigError, match="CASEMAIL_MAIL_HOST_POLICY must be allow-private"):
         load_config({"CASEMAIL_MAIL_HOST_POLICY": "anything"}, str(tmp_path))
     with pytest.raises(ConfigError, match="yes/no"):

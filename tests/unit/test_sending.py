@@ -3,22 +3,30 @@ as permanent, and how a batch uses its connection."""
 
 from __future__ import annotations
 
+import os
 import smtplib
+import time
 
 import pytest
 
+from webapp.mail import sending
 from webapp.mail.connect import Endpoint
 from webapp.mail.hostpolicy import HostPolicy
-from webapp.mail.sending import Outcome, SmtpSession
+from webapp.mail.sending import Keep, Outcome, SmtpPool, SmtpSession
 from webapp.mail.smtp import SmtpLogin, envelope_address
 
 RAW = b"From: a@example.com\r\nTo: b@example.org\r\nSubject: Hi\r\n\r\nHello\r\n"
 POLICY = HostPolicy.ALLOW_PRIVATE
 
 
-def _session(port: int, login: SmtpLogin | None = None) -> SmtpSession:
+def _session(port: int, login: SmtpLogin | None = None, keep: Keep | None = None) -> SmtpSession:
     endpoint = Endpoint("127.0.0.1", port, "none", "1.2", connect_timeout=5, read_timeout=5)
-    return SmtpSession(endpoint, login, POLICY)
+    return SmtpSession(endpoint, login, POLICY, keep=keep)
+
+
+def _send_once(port: int, keep: Keep) -> None:
+    with _session(port, keep=keep) as session:
+        assert session.send("a@example.com", ["b@example.org"], RAW).outcome == Outcome.SENT
 
 
 def test_one_connection_carries_the_batch(scripted_smtp):
@@ -109,3 +117,66 @@ def test_the_server_gets_the_envelope_smtplib_would_send(scripted_smtp):
     (message,) = scripted_smtp.wait_for(1)
     assert message.mail_from == "bounces+x@example.com"
     assert message.rcpt_tos == ["first.last+tag@mail.example.org", "inside@example.com"]
+
+
+def test_a_kept_connection_is_closed_after_its_time(scripted_smtp):
+    keep = Keep("account", 0.3, SmtpPool())
+    _send_once(scripted_smtp.port, keep)
+    _send_once(scripted_smtp.port, keep)
+    assert (scripted_smtp.connections, len(keep.pool)) == (1, 1)
+
+    time.sleep(0.4)
+    _send_once(scripted_smtp.port, keep)
+
+    assert scripted_smtp.connections == 2
+
+
+def test_a_connection_is_reused_for_a_limited_time_after_it_opened(scripted_smtp, monkeypatch):
+    monkeypatch.setattr(sending, "REUSE_SECONDS", 0.3)
+    keep = Keep("account", 30, SmtpPool())
+    _send_once(scripted_smtp.port, keep)
+    time.sleep(0.2)
+    _send_once(scripted_smtp.port, keep)  # kept, though only for the 0.1 s left
+    time.sleep(0.2)
+    _send_once(scripted_smtp.port, keep)
+
+    assert scripted_smtp.connections == 2
+
+
+def test_a_batch_that_raised_does_not_keep_its_connection(scripted_smtp):
+    keep = Keep("account", 30, SmtpPool())
+    with pytest.raises(RuntimeError), _session(scripted_smtp.port, keep=keep) as session:
+        session.send("a@example.com", ["b@example.org"], RAW)
+        raise RuntimeError("the batch failed halfway")
+    assert len(keep.pool) == 0
+    _send_once(scripted_smtp.port, keep)
+    assert scripted_smtp.connections == 2
+
+
+def test_the_pool_keeps_a_bounded_number_of_connections(scripted_smtp, monkeypatch):
+    monkeypatch.setattr(sending, "MAX_KEPT", 3)
+    pool = SmtpPool()
+    for owner in range(5):
+        _send_once(scripted_smtp.port, Keep(owner, 30 + owner, pool))
+    assert len(pool) == 3
+    # The ones due to expire soonest went first: the first two accounts open new connections.
+    for owner in range(5):
+        _send_once(scripted_smtp.port, Keep(owner, 30, pool))
+    assert scripted_smtp.connections == 7
+
+
+def test_a_forked_child_leaves_the_parents_connections_alone(scripted_smtp):
+    keep = Keep("account", 30, sending.SMTP_POOL)
+    _send_once(scripted_smtp.port, keep)
+    assert len(sending.SMTP_POOL) == 1
+
+    child = os.fork()
+    if child == 0:  # pragma: no cover - runs in the child
+        kept = len(sending.SMTP_POOL)
+        sending.SMTP_POOL.clear()  # would say QUIT on the parent's session if it were kept
+        os._exit(kept)
+    _, status = os.waitpid(child, 0)
+
+    assert os.waitstatus_to_exitcode(status) == 0
+    _send_once(scripted_smtp.port, keep)
+    assert scripted_smtp.connections == 1

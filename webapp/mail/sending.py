@@ -7,10 +7,15 @@ whether trying again later can help. Nothing here raises for a refused message.
 
 from __future__ import annotations
 
+import atexit
 import contextlib
+import hashlib
+import os
 import smtplib
 import ssl
-from collections.abc import Iterator, Sequence
+import threading
+import time
+from collections.abc import Hashable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from enum import StrEnum
@@ -50,12 +55,145 @@ def _by_code(code: int, answer: str) -> Delivery:
     return Delivery(Outcome.RETRY if 400 <= code < 500 else Outcome.FAILED, answer)
 
 
+# A kept connection is reused for this long after it was opened at most, then closed and
+# opened again: a server's view of a long session (limits, a revoked sign-in) starts afresh.
+REUSE_SECONDS = 300.0
+# Connections kept at most in a process (one per account and settings); the ones due to
+# expire soonest are closed first.
+MAX_KEPT = 16
+# How long saying QUIT to a kept connection may wait for the server's answer.
+QUIT_SECONDS = 2.0
+
+
+@dataclass
+class _Kept:
+    client: _SMTP
+    opened: float  # time.monotonic() when it was opened
+    expires: float
+
+
+class SmtpPool:
+    """SMTP connections kept open between batches, so that the next batch from the same account
+    goes out without connecting, TLS and signing in again.
+
+    A connection is kept under everything it was opened with (see `SmtpSession`): a changed
+    server, security, local host name or sign-in opens a new one. It is kept for the seconds its
+    batch asked, reused within REUSE_SECONDS of being opened, and checked with NOOP before it
+    is reused, so that one the server closed meanwhile is replaced before any message is
+    handed to it. A child process forgets its parent's connections; the process says QUIT to
+    the ones it still keeps when it exits.
+    """
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._kept: dict[Hashable, _Kept] = {}
+
+    def take(self, key: Hashable) -> tuple[_SMTP, float] | None:
+        """A live kept connection for `key` and when it was opened, or None."""
+        now = time.monotonic()
+        with self._lock:
+            entry = self._kept.pop(key, None)
+            expired = self._expired(now)
+        _quit_all(expired)
+        if entry is None:
+            return None
+        if entry.expires <= now:
+            _quit_all([entry])
+            return None
+        try:
+            code, _ = entry.client.noop()
+        except (OSError, smtplib.SMTPException):
+            entry.client.close()
+            return None
+        if code != 250:
+            _quit_all([entry])
+            return None
+        return entry.client, entry.opened
+
+    def give(self, key: Hashable, client: _SMTP, opened: float, keep_seconds: float) -> None:
+        """Keep `client` (a connection between messages) for `keep_seconds`, or say QUIT now
+        when that is 0 or its time for reuse is over."""
+        now = time.monotonic()
+        expires = min(now + keep_seconds, opened + REUSE_SECONDS)
+        entry = _Kept(client, opened, expires)
+        if expires <= now:
+            _quit_all([entry])
+            return
+        with self._lock:
+            closing = self._expired(now)
+            previous = self._kept.pop(key, None)
+            if previous is not None:
+                closing.append(previous)
+            self._kept[key] = entry
+            while len(self._kept) > MAX_KEPT:
+                soonest = min(self._kept, key=lambda k: self._kept[k].expires)
+                closing.append(self._kept.pop(soonest))
+        _quit_all(closing)
+
+    def clear(self) -> None:
+        """Say QUIT to every kept connection."""
+        with self._lock:
+            closing = list(self._kept.values())
+            self._kept.clear()
+        _quit_all(closing)
+
+    def __len__(self) -> int:
+        with self._lock:
+            return len(self._kept)
+
+    def _expired(self, now: float) -> list[_Kept]:
+        gone = [key for key, entry in self._kept.items() if entry.expires <= now]
+        return [self._kept.pop(key) for key in gone]
+
+    def _forget(self) -> None:
+        # In a forked child: the sockets are the parent's sessions; leave them to it.
+        self._lock = threading.Lock()
+        self._kept = {}
+
+
+def _quit_all(entries: Sequence[_Kept]) -> None:
+    for entry in entries:
+        with contextlib.suppress(smtplib.SMTPException, OSError):
+            if entry.client.sock is not None:
+                entry.client.sock.settimeout(QUIT_SECONDS)
+            entry.client.quit()
+        entry.client.close()
+
+
+SMTP_POOL = SmtpPool()
+atexit.register(SMTP_POOL.clear)
+os.register_at_fork(after_in_child=SMTP_POOL._forget)
+
+
+@dataclass(frozen=True)
+class Keep:
+    """Keep a batch's connection in `pool` for `seconds` after the batch, for the next batch of
+    `owner` (the account) opened with the same settings."""
+
+    owner: Hashable
+    seconds: float
+    pool: SmtpPool = SMTP_POOL
+
+
+def _login_key(login: SmtpLogin | None) -> Hashable:
+    # A digest, not the password: the key outlives the batch. An OAuth token changes with every
+    # batch while the user it signs in stays the same.
+    if login is None:
+        return None
+    if login.oauth_token is not None:
+        return (login.user, "xoauth2")
+    secret = hashlib.sha256((login.password or "").encode()).hexdigest()
+    return (login.user, secret, login.plain_disabled, login.login_disabled)
+
+
 class SmtpSession:
     """One SMTP connection for a batch of messages from one account.
 
     The connection opens on the first send and is reused for the next ones. When it cannot be
     opened, every message of the batch gets that temporary failure without another attempt; when
-    the server drops it halfway, the next message opens a new one, once.
+    the server drops it halfway, the next message opens a new one, once. With `keep`, the
+    connection is taken from the pool when one is kept for the same account and settings, and
+    given back when the batch ends without an error.
     """
 
     def __init__(
@@ -64,24 +202,39 @@ class SmtpSession:
         login: SmtpLogin | None,
         policy: HostPolicy,
         local_hostname: str | None = None,
+        keep: Keep | None = None,
     ) -> None:
         self._endpoint = endpoint
         self._login = login
         self._policy = policy
         self._local_hostname = local_hostname
+        self._keep = keep
+        self._key = (
+            (keep.owner, endpoint, policy, local_hostname, _login_key(login)) if keep else None
+        )
         self._client: _SMTP | None = None
+        self._opened = 0.0
         self._broken: Delivery | None = None
         self._reconnected = False
 
     def __enter__(self) -> SmtpSession:
         return self
 
-    def __exit__(self, *exc_info: object) -> None:
-        self.close()
+    def __exit__(self, exc_type: object, *exc_info: object) -> None:
+        if exc_type is None:
+            self.release()
+        else:
+            self.close()
 
     def _connect(self) -> Delivery | None:
         """Open the connection; the failure every message gets when it cannot be opened."""
+        if self._keep is not None:
+            kept = self._keep.pool.take(self._key)
+            if kept is not None:
+                self._client, self._opened = kept
+                return None
         try:
+            self._opened = time.monotonic()
             self._client = open_smtp(
                 self._endpoint, self._login, self._policy, self._local_hostname
             )
@@ -155,6 +308,14 @@ class SmtpSession:
         if self._client is not None:
             self._client.close()
             self._client = None
+
+    def release(self) -> None:
+        """Give the connection to the pool when the session keeps it, else close it."""
+        if self._keep is None or self._client is None:
+            self.close()
+            return
+        client, self._client = self._client, None
+        self._keep.pool.give(self._key, client, self._opened, self._keep.seconds)
 
     def close(self) -> None:
         """Say QUIT and close the connection, if one is open."""

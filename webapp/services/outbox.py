@@ -39,7 +39,7 @@ from webapp.mail.outbound import (
     message_bytes,
     outbound_bytes,
 )
-from webapp.mail.sending import Delivery, Outcome, Sender, SmtpSession, graph_session
+from webapp.mail.sending import Delivery, Keep, Outcome, Sender, SmtpSession, graph_session
 from webapp.mail.sign import SigningError, smime_sign
 from webapp.models import (
     Case,
@@ -577,7 +577,9 @@ class _Builder:
 
 
 class Senders:
-    """One open sender per account for a whole batch; closes them all at the end."""
+    """One open sender per account for a whole batch. At the end, an SMTP connection is kept
+    for the account's next batch (CASEMAIL_SMTP_KEEP_SECONDS) unless the batch failed; the
+    others are closed."""
 
     def __init__(self) -> None:
         self._stack = ExitStack()
@@ -586,8 +588,8 @@ class Senders:
     def __enter__(self) -> Senders:
         return self
 
-    def __exit__(self, *exc_info: object) -> None:
-        self._stack.close()
+    def __exit__(self, *exc_info: Any) -> None:
+        self._stack.__exit__(*exc_info)
 
     def for_account(self, account: EmailAccount) -> Sender:
         sender = self._open.get(account.id)
@@ -613,7 +615,10 @@ class Senders:
                     )
                 )
             local = (account.smtp_advanced or {}).get("mail.smtp.localhost")
-            session = SmtpSession(sender_endpoint(account), smtp_login(account), policy, local)
+            keep = Keep(account.id, current_app.config["CASEMAIL_SMTP_KEEP_SECONDS"])
+            session = SmtpSession(
+                sender_endpoint(account), smtp_login(account), policy, local, keep
+            )
             return self._stack.enter_context(session)
         except (ConnectivityError, OAuthError) as exc:
             return _Unavailable(Delivery(Outcome.RETRY, str(exc)))
