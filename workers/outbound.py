@@ -72,16 +72,19 @@ def enqueue_send(outbound_ids: Sequence[int]) -> bool:
 
 @job
 def send_outbound(outbound_ids: list[int]) -> list[Any]:
-    """Send the given messages that are due and still pending; returns a SendResult for each
-    one this job sent, held or gave up on. Runs without RQ too, inside an app context.
+    """Send the given messages that are due and still pending, and, up to BATCH in all, the
+    other due pending messages of the same accounts; returns a SendResult for each one this job
+    sent, held or gave up on. Runs without RQ too, inside an app context.
 
     The chunks go through a pipeline: while a thread of its own hands one chunk to the servers,
     this thread records the chunk before and claims and prepares the next, so that the database
     work and the building of messages happen while the network waits, not after it.
     """
-    from webapp.services.outbox import Senders, claim, prepare, transmit
+    from webapp.services.outbox import Senders, claim, joining, prepare, transmit
 
-    chunks = [outbound_ids[start : start + CHUNK] for start in range(0, len(outbound_ids), CHUNK)]
+    # A job with room takes other due messages of its accounts (what waiting jobs carry).
+    ids = [*outbound_ids, *joining(outbound_ids, utcnow(), BATCH - len(outbound_ids))]
+    chunks = [ids[start : start + CHUNK] for start in range(0, len(ids), CHUNK)]
     results: list[Any] = []
     with (
         Senders() as senders,

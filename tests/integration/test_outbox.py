@@ -31,6 +31,7 @@ from webapp.services import cases as case_service
 from webapp.services import outbox as outbox_service
 from webapp.services.approval_links import APPROVE_MARK
 from webapp.services.outbox import BACKOFF, UNCERTAIN_REASON, queue_message
+from workers import outbound as outbound_worker
 from workers.outbound import CHUNK, dispatch_outbox, send_outbound
 from workers.queues import OUTBOUND
 from workers.worker import run_worker
@@ -191,6 +192,41 @@ def test_many_messages_go_over_one_connection(app, smtp_account):
     assert [r.status for r in results] == ["sent"] * 7
     assert len(server.wait_for(7)) == 7
     assert server.connections == 1
+
+
+@both_databases
+def test_a_job_takes_the_due_messages_its_account_has_waiting(app, smtp_account, make_account):
+    server, account_id = smtp_account
+    other_account = make_account(smtp_host=server.host, smtp_port=server.port)
+    own = queue(app, account_id)
+    waiting = [queue(app, account_id) for _ in range(2)]
+    later = queue(app, account_id)
+    set_row(app, later, next_attempt_at=utcnow() + timedelta(minutes=5))
+    held = queue(app, account_id)
+    set_row(app, held, status="held")
+    elsewhere = queue(app, other_account)
+
+    results = send(app, [own])
+
+    assert [(r.outbound_id, r.status) for r in results] == [
+        (own, "sent"),
+        *[(i, "sent") for i in waiting],
+    ]
+    assert len(server.wait_for(3)) == 3
+    # Their own jobs find them sent; what was not due, held or another account's waits.
+    assert send(app, waiting) == []
+    assert [row(app, i).status for i in (later, held, elsewhere)] == ["pending", "held", "pending"]
+
+
+def test_a_job_takes_no_more_than_a_batch(app, smtp_account, monkeypatch):
+    _, account_id = smtp_account
+    monkeypatch.setattr(outbound_worker, "BATCH", 3)
+    ids = [queue(app, account_id) for _ in range(5)]
+
+    results = send(app, ids[:1])
+
+    assert [r.outbound_id for r in results] == ids[:3]
+    assert [row(app, i).status for i in ids[3:]] == ["pending", "pending"]
 
 
 def test_the_next_batch_goes_over_the_kept_connection(app, smtp_account):

@@ -903,6 +903,38 @@ def due_ids(now: datetime, limit: int = 1000) -> list[int]:
     )
 
 
+def joining(outbound_ids: Sequence[int], now: datetime, limit: int) -> list[int]:
+    """Up to `limit` other due pending messages of the accounts `outbound_ids` send from,
+    oldest first: what a job can send over the same connections while it has room.
+
+    Under a backlog of small jobs (every stage change enqueues one), the first job takes what
+    the waiting ones carry, and they find their messages claimed: the connection and the
+    database round trips serve a batch instead of one or two messages.
+    """
+    if limit <= 0 or not outbound_ids:
+        return []
+    own = list(outbound_ids)
+    accounts = (
+        select(OutboundMessage.account_id)
+        .where(OutboundMessage.id.in_(own), OutboundMessage.account_id.is_not(None))
+        .distinct()
+        .scalar_subquery()
+    )
+    return list(
+        db.session.scalars(
+            select(OutboundMessage.id)
+            .where(
+                OutboundMessage.status == OutboundStatus.PENDING.value,
+                _due(now),
+                OutboundMessage.account_id.in_(accounts),
+                OutboundMessage.id.not_in(own),
+            )
+            .order_by(OutboundMessage.id)
+            .limit(limit)
+        )
+    )
+
+
 def mark_uncertain(now: datetime) -> int:
     """Turn messages left "sending" longer than STUCK_AFTER into "uncertain"; returns how many."""
     result = db.session.execute(
