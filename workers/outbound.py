@@ -82,8 +82,10 @@ def send_outbound(outbound_ids: list[int]) -> list[Any]:
     """
     from webapp.services.outbox import Senders, claim, joining, prepare, transmit
 
-    # A job with room takes other due messages of its accounts (what waiting jobs carry).
-    ids = [*outbound_ids, *joining(outbound_ids, utcnow(), BATCH - len(outbound_ids))]
+    # A job with room takes other due messages of its accounts (what waiting jobs carry). In id
+    # order: the rate limits count, for each chunk, what was written before its first message.
+    joined = joining(outbound_ids, utcnow(), BATCH - len(outbound_ids))
+    ids = sorted({*outbound_ids, *joined})
     chunks = [ids[start : start + CHUNK] for start in range(0, len(ids), CHUNK)]
     results: list[Any] = []
     with (

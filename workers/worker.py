@@ -35,6 +35,9 @@ def run_worker(
     unknown = [q for q in queues if q not in ALL_QUEUES]
     if unknown:
         raise ValueError(f"unknown queue(s) {', '.join(unknown)}; known: {', '.join(ALL_QUEUES)}")
+    if kind == "fork":
+        # Each job's process ends with it: a connection kept for the next job would be lost.
+        app.config["CASEMAIL_SMTP_KEEP_SECONDS"] = 0
     set_worker_app(app)
     connection = get_redis(app)
     worker_class = WORKER_CLASSES[kind]

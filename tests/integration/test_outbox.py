@@ -267,23 +267,40 @@ def test_connections_are_not_kept_when_keeping_is_off(app, smtp_account):
 
 
 def test_a_kept_connection_serves_only_its_account_and_sign_in(app, smtp_server, make_account):
-    server = smtp_server(auth={"sender": "pw", "other": "pw2", "third": "pw3"}, require_auth=True)
+    server = smtp_server(auth={"sender": "pw", "other": "pw2"}, require_auth=True)
     where = {"smtp_host": server.host, "smtp_port": server.port}
     account_id = make_account(smtp_user_id="sender", smtp_password="pw", **where)
-    another = make_account(smtp_user_id="third", smtp_password="pw3", **where)
+    twin = make_account(smtp_user_id="sender", smtp_password="pw", **where)
+
+    def change(password: str, **values: Any) -> None:
+        with app.app_context():
+            account = db.session.get(EmailAccount, account_id)
+            assert account is not None
+            for name, value in values.items():
+                setattr(account, name, value)
+            account.smtp_password_encrypted = get_secretbox().encrypt(password)
+            db.session.commit()
+
+    def signs_in() -> int:
+        return len(server.auth_mechanisms_used)
 
     send(app, [queue(app, account_id)])
-    send(app, [queue(app, another)])  # same server, another account
-    with app.app_context():
-        account = db.session.get(EmailAccount, account_id)
-        assert account is not None
-        account.smtp_user_id = "other"  # the account now signs in as someone else
-        account.smtp_password_encrypted = get_secretbox().encrypt("pw2")
-        db.session.commit()
-    (result,) = send(app, [queue(app, account_id)])
+    send(app, [queue(app, account_id)])
+    assert signs_in() == 1
+    send(app, [queue(app, twin)])  # same server and sign-in, another account
+    assert signs_in() == 2
+    change("pw2", smtp_user_id="other")
+    send(app, [queue(app, account_id)])
+    assert signs_in() == 3
+    # A password changed (here to a wrong one) is never bypassed by the connection signed in
+    # with the old one.
+    change("wrong")
+    refused = queue(app, account_id)
+    (result,) = send(app, [refused])
 
-    assert result.status == "sent", result.detail
-    assert [m.auth_login for m in server.wait_for(3)] == ["sender", "third", "other"]
+    assert result.status == "pending"
+    assert result.detail.startswith("Sign-in as other failed: 535")
+    assert [m.auth_login for m in server.wait_for(4)] == ["sender", "sender", "sender", "other"]
 
 
 @pytest.mark.parametrize("security", ["starttls", "smtps"])

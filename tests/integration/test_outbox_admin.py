@@ -14,6 +14,7 @@ from tests.integration.test_outbox import queue, row, send, set_row
 from webapp.extensions import get_redis
 from webapp.models import OutboundKind
 from webapp.models.types import utcnow
+from workers import outbound as outbound_worker
 from workers.outbound import send_outbound
 from workers.queues import OUTBOUND
 from workers.worker import run_worker
@@ -49,14 +50,33 @@ def test_rate_limit_per_recipient_holds_automatic_mail_only(app, smtp_account):
     assert len(server.wait_for(3)) == 3
 
 
+def test_messages_a_job_takes_from_waiting_jobs_count_against_the_limits(
+    app, smtp_account, monkeypatch
+):
+    server, account_id = smtp_account
+    app.config["CASEMAIL_RATE_LIMIT_PER_RECIPIENT"] = 2
+    monkeypatch.setattr(outbound_worker, "CHUNK", 2)
+    waiting = [queue(app, account_id, subject=f"Waiting {n}") for n in range(3)]
+    newest = queue(app, account_id, subject="Newest")
+
+    results = send(app, [newest])  # takes the three waiting ones along
+
+    assert {r.outbound_id: r.status for r in results} == {
+        waiting[0]: "sent",
+        waiting[1]: "sent",
+        waiting[2]: "held",
+        newest: "held",
+    }
+    assert len(server.wait_for(2)) == 2
+
+
 def test_rate_limit_per_case(app, smtp_account, make_case_type, make_case):
     _, account_id = smtp_account
     app.config["CASEMAIL_RATE_LIMIT_PER_CASE"] = 1
     reference = make_case(make_case_type())
     first = queue(app, account_id, reference, recipients=["a@example.org"])
-    second = queue(app, account_id, reference, recipients=["b@example.org"])
-
     send(app, [first])
+    second = queue(app, account_id, reference, recipients=["b@example.org"])
     send(app, [second])  # another job: what came before is counted in the database
 
     assert row(app, first).status == "sent"
@@ -180,7 +200,7 @@ def test_cli_sends_what_is_due_and_lists(app, runner, smtp_account):
 
     assert result.exit_code == 0, result.output
     assert f"{due}: sent" in result.output
-    assert "Sent 1 of 1 due message(s)." in result.output
+    assert "Sent 1 message(s); due at the start: 1." in result.output
     assert [m.parsed["Subject"] for m in server.wait_for(1)] == ["Due"]
     listed = runner.invoke(args=["outbox", "list", "--status", "pending"])
     assert listed.exit_code == 0

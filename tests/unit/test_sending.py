@@ -9,6 +9,7 @@ import time
 
 import pytest
 
+from tests.fixtures.smtp import ScriptedSmtp, _Controller, _RecordingSMTP
 from webapp.mail import sending
 from webapp.mail.connect import Endpoint
 from webapp.mail.hostpolicy import HostPolicy
@@ -120,24 +121,24 @@ def test_the_server_gets_the_envelope_smtplib_would_send(scripted_smtp):
 
 
 def test_a_kept_connection_is_closed_after_its_time(scripted_smtp):
-    keep = Keep("account", 0.3, SmtpPool())
+    keep = Keep("account", 0.6, SmtpPool())
     _send_once(scripted_smtp.port, keep)
     _send_once(scripted_smtp.port, keep)
     assert (scripted_smtp.connections, len(keep.pool)) == (1, 1)
 
-    time.sleep(0.4)
+    time.sleep(0.8)
     _send_once(scripted_smtp.port, keep)
 
     assert scripted_smtp.connections == 2
 
 
 def test_a_connection_is_reused_for_a_limited_time_after_it_opened(scripted_smtp, monkeypatch):
-    monkeypatch.setattr(sending, "REUSE_SECONDS", 0.3)
+    monkeypatch.setattr(sending, "REUSE_SECONDS", 1.0)
     keep = Keep("account", 30, SmtpPool())
     _send_once(scripted_smtp.port, keep)
-    time.sleep(0.2)
-    _send_once(scripted_smtp.port, keep)  # kept, though only for the 0.1 s left
-    time.sleep(0.2)
+    time.sleep(0.5)
+    _send_once(scripted_smtp.port, keep)  # kept, though only for the 0.5 s left
+    time.sleep(0.7)
     _send_once(scripted_smtp.port, keep)
 
     assert scripted_smtp.connections == 2
@@ -159,10 +160,10 @@ def test_the_pool_keeps_a_bounded_number_of_connections(scripted_smtp, monkeypat
     for owner in range(5):
         _send_once(scripted_smtp.port, Keep(owner, 30 + owner, pool))
     assert len(pool) == 3
-    # The ones due to expire soonest went first: the first two accounts open new connections.
-    for owner in range(5):
+    # The ones due to expire soonest went first: the last three accounts still have theirs.
+    for owner in (2, 3, 4):
         _send_once(scripted_smtp.port, Keep(owner, 30, pool))
-    assert scripted_smtp.connections == 7
+    assert scripted_smtp.connections == 5
 
 
 def test_a_forked_child_leaves_the_parents_connections_alone(scripted_smtp):
@@ -180,3 +181,49 @@ def test_a_forked_child_leaves_the_parents_connections_alone(scripted_smtp):
     assert os.waitstatus_to_exitcode(status) == 0
     _send_once(scripted_smtp.port, keep)
     assert scripted_smtp.connections == 1
+
+
+class _RefusesData(_RecordingSMTP):
+    """Refuses the DATA command itself, as a server does when it is busy, and keeps the
+    transaction open, as RFC 5321 has it: the client must RSET before its next MAIL."""
+
+    refusals = 0
+
+    async def smtp_DATA(self, arg: str) -> None:
+        if _RefusesData.refusals:
+            _RefusesData.refusals -= 1
+            await self.push("451 4.3.0 Not now")
+            return
+        await super().smtp_DATA(arg)
+
+
+class _RefusingController(_Controller):
+    def factory(self) -> _RecordingSMTP:
+        return _RefusesData(self.handler, xoauth2_tokens={}, require_auth=False)
+
+
+@pytest.fixture
+def refusing_smtp():
+    handler = ScriptedSmtp()
+    controller = _RefusingController(handler, xoauth2_tokens={}, require_auth=False)
+    controller.start()
+    handler.port = controller.port
+    yield handler
+    controller.stop()
+
+
+def test_a_refusal_at_data_leaves_the_connection_ready_for_the_next_message(refusing_smtp):
+    keep = Keep("account", 30, SmtpPool())
+    _RefusesData.refusals = 1
+    with _session(refusing_smtp.port, keep=keep) as session:
+        refused = session.send("a@example.com", ["b@example.org"], RAW)
+        after = session.send("a@example.com", ["b@example.org"], RAW)
+    assert (refused.outcome, refused.answer) == (Outcome.RETRY, "451 4.3.0 Not now.")
+    assert after.outcome == Outcome.SENT, after.answer
+
+    _RefusesData.refusals = 1
+    with _session(refusing_smtp.port, keep=keep) as session:
+        assert session.send("a@example.com", ["b@example.org"], RAW).outcome == Outcome.RETRY
+    with _session(refusing_smtp.port, keep=keep) as session:  # the next job, kept connection
+        assert session.send("a@example.com", ["b@example.org"], RAW).outcome == Outcome.SENT
+    assert refusing_smtp.connections == 1

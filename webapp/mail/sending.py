@@ -9,8 +9,9 @@ from __future__ import annotations
 
 import atexit
 import contextlib
-import hashlib
+import hmac
 import os
+import secrets
 import smtplib
 import ssl
 import threading
@@ -63,6 +64,8 @@ REUSE_SECONDS = 300.0
 MAX_KEPT = 16
 # How long saying QUIT to a kept connection may wait for the server's answer.
 QUIT_SECONDS = 2.0
+# How long the check of a kept connection before its reuse may wait for the server's answer.
+CHECK_SECONDS = 5.0
 
 
 @dataclass
@@ -78,10 +81,10 @@ class SmtpPool:
 
     A connection is kept under everything it was opened with (see `SmtpSession`): a changed
     server, security, local host name or sign-in opens a new one. It is kept for the seconds its
-    batch asked, reused within REUSE_SECONDS of being opened, and checked with NOOP before it
-    is reused, so that one the server closed meanwhile is replaced before any message is
-    handed to it. A child process forgets its parent's connections; the process says QUIT to
-    the ones it still keeps when it exits.
+    batch asked, taken for a batch that starts within REUSE_SECONDS of its opening, and checked
+    with RSET before it is reused, so that one the server closed meanwhile is replaced before
+    any message is handed to it. A child process forgets its parent's connections; the process
+    says QUIT to the ones it still keeps when it exits.
     """
 
     def __init__(self) -> None:
@@ -89,19 +92,27 @@ class SmtpPool:
         self._kept: dict[Hashable, _Kept] = {}
 
     def take(self, key: Hashable) -> tuple[_SMTP, float] | None:
-        """A live kept connection for `key` and when it was opened, or None."""
+        """A live kept connection for `key` and when it was opened, or None.
+
+        The check is RSET: it proves the server still answers and starts a clean transaction
+        whatever the last one left. It waits CHECK_SECONDS at most (a connection that silently
+        went dead costs that, not the account's read timeout); expired connections of other
+        keys are left to `give`, so that the thread that sends never waits on them.
+        """
         now = time.monotonic()
         with self._lock:
             entry = self._kept.pop(key, None)
-            expired = self._expired(now)
-        _quit_all(expired)
         if entry is None:
             return None
-        if entry.expires <= now:
+        if entry.expires <= now or entry.client.sock is None:
             _quit_all([entry])
             return None
+        sock = entry.client.sock
+        timeout = sock.gettimeout()
         try:
-            code, _ = entry.client.noop()
+            sock.settimeout(CHECK_SECONDS if timeout is None else min(timeout, CHECK_SECONDS))
+            code, _ = entry.client.rset()
+            sock.settimeout(timeout)
         except (OSError, smtplib.SMTPException):
             entry.client.close()
             return None
@@ -175,15 +186,19 @@ class Keep:
     pool: SmtpPool = SMTP_POOL
 
 
+# Keys the digest of a password in a kept connection's key; never leaves the process.
+_LOGIN_KEY = secrets.token_bytes(32)
+
+
 def _login_key(login: SmtpLogin | None) -> Hashable:
-    # A digest, not the password: the key outlives the batch. An OAuth token changes with every
-    # batch while the user it signs in stays the same.
+    # A keyed digest, not the password: the key outlives the batch. An OAuth token changes with
+    # every batch while the user it signs in stays the same.
     if login is None:
         return None
     if login.oauth_token is not None:
         return (login.user, "xoauth2")
-    secret = hashlib.sha256((login.password or "").encode()).hexdigest()
-    return (login.user, secret, login.plain_disabled, login.login_disabled)
+    digest = hmac.digest(_LOGIN_KEY, (login.password or "").encode(), "sha256")
+    return (login.user, digest, login.plain_disabled, login.login_disabled)
 
 
 class SmtpSession:
@@ -283,6 +298,7 @@ class SmtpSession:
         except smtplib.SMTPResponseException as exc:
             if exc.smtp_code == 421:  # the server is closing the connection
                 return self._dropped(_smtp_answer(exc.smtp_code, exc.smtp_error))
+            self._reset()
             return _by_code(exc.smtp_code, _smtp_answer(exc.smtp_code, exc.smtp_error))
         except (OSError, smtplib.SMTPException) as exc:
             return self._dropped(explain(exc, self._endpoint))
@@ -293,6 +309,18 @@ class SmtpSession:
             f"Accepted, except for {note}" if note else "Accepted.",
             answers,
         )
+
+    def _reset(self) -> None:
+        # smtplib leaves the transaction open when the server refuses the DATA command itself;
+        # the next MAIL would then be refused ("nested MAIL command"). A connection that cannot
+        # be reset is given up: the next message opens a new one.
+        assert self._client is not None
+        try:
+            code, _ = self._client.rset()
+        except (OSError, smtplib.SMTPException):
+            code = 0
+        if code != 250:
+            self._discard()
 
     def _dropped(self, answer: str) -> Delivery:
         # Without a final answer to DATA the message counts as not delivered (RFC 5321 6.1);

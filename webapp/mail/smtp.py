@@ -118,7 +118,10 @@ def _sign_in(client: _SMTP, login: SmtpLogin) -> None:
         )
     client.user, client.password = login.user, login.password or ""
     method = client.auth_plain if allowed[0] == "PLAIN" else client.auth_login
-    client.auth(allowed[0], method, initial_response_ok=True)
+    try:
+        client.auth(allowed[0], method, initial_response_ok=True)
+    finally:
+        client.password = ""  # the connection may be kept open long after signing in
 
 
 def open_smtp(

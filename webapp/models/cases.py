@@ -230,13 +230,16 @@ class OutboundMessage(Model):
         Index("ix_outbound_status_next_attempt", "status", "next_attempt_at"),
         # The limit per case counts a case's messages of the last hour from this index alone.
         Index("ix_outbound_case_created", "case_id", "created_at", "id"),
+        # A send job with room takes its accounts' other pending messages in id order.
+        Index("ix_outbound_account_status_id", "account_id", "status", "id"),
     )
 
     id: Mapped[int] = mapped_column(primary_key=True)
     # Indexed by ix_outbound_case_created, whose first column it is.
     case_id: Mapped[int | None] = mapped_column(ForeignKey("cases.id", ondelete="CASCADE"))
+    # Indexed by ix_outbound_account_status_id, whose first column it is.
     account_id: Mapped[int | None] = mapped_column(
-        ForeignKey("email_accounts.id", ondelete="SET NULL"), index=True
+        ForeignKey("email_accounts.id", ondelete="SET NULL")
     )
     kind: Mapped[str] = mapped_column(
         String(20), default=OutboundKind.NOTIFICATION.value, server_default="notification"

@@ -914,19 +914,22 @@ def joining(outbound_ids: Sequence[int], now: datetime, limit: int) -> list[int]
     if limit <= 0 or not outbound_ids:
         return []
     own = list(outbound_ids)
-    accounts = (
+    accounts = db.session.scalars(
         select(OutboundMessage.account_id)
         .where(OutboundMessage.id.in_(own), OutboundMessage.account_id.is_not(None))
         .distinct()
-        .scalar_subquery()
-    )
+    ).all()
+    if not accounts:
+        return []
+    # ix_outbound_account_status_id gives each account's pending messages in id order: the
+    # query reads about `limit` rows, however long the outbox's history.
     return list(
         db.session.scalars(
             select(OutboundMessage.id)
             .where(
+                OutboundMessage.account_id.in_(accounts),
                 OutboundMessage.status == OutboundStatus.PENDING.value,
                 _due(now),
-                OutboundMessage.account_id.in_(accounts),
                 OutboundMessage.id.not_in(own),
             )
             .order_by(OutboundMessage.id)
