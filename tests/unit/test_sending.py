@@ -9,7 +9,7 @@ import time
 
 import pytest
 
-from tests.fixtures.smtp import ScriptedSmtp, _Controller, _RecordingSMTP
+from tests.fixtures.smtp import _Controller, _RecordingSMTP, serve_scripted
 from webapp.mail import sending
 from webapp.mail.connect import Endpoint
 from webapp.mail.hostpolicy import HostPolicy
@@ -204,12 +204,8 @@ class _RefusingController(_Controller):
 
 @pytest.fixture
 def refusing_smtp():
-    handler = ScriptedSmtp()
-    controller = _RefusingController(handler, xoauth2_tokens={}, require_auth=False)
-    controller.start()
-    handler.port = controller.port
-    yield handler
-    controller.stop()
+    with serve_scripted(_RefusingController) as handler:
+        yield handler
 
 
 def test_a_refusal_at_data_leaves_the_connection_ready_for_the_next_message(refusing_smtp):

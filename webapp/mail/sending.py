@@ -104,20 +104,11 @@ class SmtpPool:
             entry = self._kept.pop(key, None)
         if entry is None:
             return None
-        if entry.expires <= now or entry.client.sock is None:
+        if entry.expires <= now:
             _quit_all([entry])
             return None
-        sock = entry.client.sock
-        timeout = sock.gettimeout()
-        try:
-            sock.settimeout(CHECK_SECONDS if timeout is None else min(timeout, CHECK_SECONDS))
-            code, _ = entry.client.rset()
-            sock.settimeout(timeout)
-        except (OSError, smtplib.SMTPException):
+        if not _reset(entry.client, CHECK_SECONDS):
             entry.client.close()
-            return None
-        if code != 250:
-            _quit_all([entry])
             return None
         return entry.client, entry.opened
 
@@ -160,6 +151,23 @@ class SmtpPool:
         # In a forked child: the sockets are the parent's sessions; leave them to it.
         self._lock = threading.Lock()
         self._kept = {}
+
+
+def _reset(client: _SMTP, within: float | None = None) -> bool:
+    """Whether the server answers RSET with 250, waiting `within` seconds at most (else the
+    connection's own timeout): the connection is alive and outside any transaction."""
+    sock = client.sock
+    if sock is None:
+        return False
+    timeout = sock.gettimeout()
+    try:
+        if within is not None:
+            sock.settimeout(within if timeout is None else min(timeout, within))
+        code, _ = client.rset()
+        sock.settimeout(timeout)
+    except (OSError, smtplib.SMTPException):
+        return False
+    return code == 250
 
 
 def _quit_all(entries: Sequence[_Kept]) -> None:
@@ -315,11 +323,7 @@ class SmtpSession:
         # the next MAIL would then be refused ("nested MAIL command"). A connection that cannot
         # be reset is given up: the next message opens a new one.
         assert self._client is not None
-        try:
-            code, _ = self._client.rset()
-        except (OSError, smtplib.SMTPException):
-            code = 0
-        if code != 250:
+        if not _reset(self._client):
             self._discard()
 
     def _dropped(self, answer: str) -> Delivery:

@@ -310,7 +310,8 @@ def hold_over_limit(
             _counts(
                 OutboundRecipient.address,
                 wanted,
-                {a: per_recipient - to_batch[a] for a in wanted},
+                per_recipient,
+                to_batch,
                 OutboundRecipient.created_at >= since,
                 OutboundRecipient.outbound_id < first,
                 join=OutboundRecipient.outbound_id,
@@ -324,7 +325,8 @@ def hold_over_limit(
             _counts(
                 OutboundMessage.case_id,
                 case_ids,
-                {c: per_case - from_batch[c] for c in case_ids},
+                per_case,
+                from_batch,
                 OutboundMessage.created_at >= since,
                 OutboundMessage.id < first,
             )
@@ -352,7 +354,8 @@ def hold_over_limit(
 def _counts(
     key: InstrumentedAttribute[Any],
     keys: set[Any],
-    room: dict[Any, int],
+    limit: int,
+    batch: Counter[Any],
     *window: ColumnElement[bool],
     join: InstrumentedAttribute[int] | None = None,
 ) -> dict[Any, int]:
@@ -360,7 +363,7 @@ def _counts(
 
     The first count takes every message in the window, held and cancelled ones too, from an
     index alone. That is never less than what the limits count, so it will do for every key
-    whose count is within its `room` (the limit less the batch's own messages): that key
+    whose count is within its room (`limit` less the key's messages in the `batch`): that key
     cannot reach the limit in this batch either way. The keys beyond it are counted again
     without the held and cancelled messages, which reads the messages' rows; most keys are
     far from their limit, so that is rare.
@@ -370,7 +373,7 @@ def _counts(
             select(key, func.count()).where(key.in_(keys), *window).group_by(key)
         ).all()
     )
-    near = {k for k, count in found.items() if count > room[k]}
+    near = {k for k, count in found.items() if count > limit - batch[k]}
     if near:
         counted = OutboundMessage.status.not_in(
             [OutboundStatus.HELD.value, OutboundStatus.CANCELLED.value]
