@@ -154,6 +154,31 @@ def test_a_batch_that_raised_does_not_keep_its_connection(scripted_smtp):
     assert scripted_smtp.connections == 2
 
 
+def test_a_kept_oauth_connection_serves_only_its_token(smtp_server):
+    server = smtp_server(require_auth=True, xoauth2_tokens={"sender": "token-1"})
+    keep = Keep("account", 30, SmtpPool())
+
+    def send_with(token: str) -> sending.Delivery:
+        login = SmtpLogin(user="sender", oauth_token=token)
+        with _session(server.port, login, keep) as session:
+            return session.send("a@example.com", ["b@example.org"], RAW)
+
+    assert send_with("token-1").outcome == Outcome.SENT
+    assert send_with("token-1").outcome == Outcome.SENT
+    assert server.auth_mechanisms_used == ["XOAUTH2"]  # the second batch reused the connection
+
+    # Another token (refreshed, or of a changed profile) signs in anew: here the server refuses
+    # it, which the batch must hear rather than send over the old token's connection.
+    other = send_with("token-2")
+    assert other.outcome == Outcome.RETRY
+    assert other.answer.startswith("Sign-in as sender failed")
+    assert server.auth_mechanisms_used == ["XOAUTH2", "XOAUTH2"]
+
+    assert send_with("token-1").outcome == Outcome.SENT  # still kept for its own token
+    assert server.auth_mechanisms_used == ["XOAUTH2", "XOAUTH2"]
+    assert len(server.wait_for(3)) == 3
+
+
 def test_the_pool_keeps_a_bounded_number_of_connections(scripted_smtp, monkeypatch):
     monkeypatch.setattr(sending, "MAX_KEPT", 3)
     pool = SmtpPool()

@@ -194,17 +194,23 @@ class Keep:
     pool: SmtpPool = SMTP_POOL
 
 
-# Keys the digest of a password in a kept connection's key; never leaves the process.
+# Keys the digest of a password or token in a kept connection's key; never leaves the process.
 _LOGIN_KEY = secrets.token_bytes(32)
 
 
 def _login_key(login: SmtpLogin | None) -> Hashable:
-    # A keyed digest, not the password: the key outlives the batch. An OAuth token changes with
-    # every batch while the user it signs in stays the same.
+    # A keyed digest, not the secret itself: the key outlives the batch. An OAuth token is
+    # cached until shortly before it expires, so a connection signed in with it is reused while
+    # it is the account's token, and a new token (refreshed, or of a changed profile) signs in
+    # on a new connection.
     if login is None:
         return None
     if login.oauth_token is not None:
-        return (login.user, "xoauth2")
+        return (
+            login.user,
+            "xoauth2",
+            hmac.digest(_LOGIN_KEY, login.oauth_token.encode(), "sha256"),
+        )
     digest = hmac.digest(_LOGIN_KEY, (login.password or "").encode(), "sha256")
     return (login.user, digest, login.plain_disabled, login.login_disabled)
 
