@@ -206,13 +206,12 @@ def _login_key(login: SmtpLogin | None) -> Hashable:
     if login is None:
         return None
     if login.oauth_token is not None:
-        return (
-            login.user,
-            "xoauth2",
-            hmac.digest(_LOGIN_KEY, login.oauth_token.encode(), "sha256"),
-        )
-    digest = hmac.digest(_LOGIN_KEY, (login.password or "").encode(), "sha256")
-    return (login.user, digest, login.plain_disabled, login.login_disabled)
+        return (login.user, "xoauth2", _digest(login.oauth_token))
+    return (login.user, _digest(login.password or ""), login.plain_disabled, login.login_disabled)
+
+
+def _digest(secret: str) -> bytes:
+    return hmac.digest(_LOGIN_KEY, secret.encode(), "sha256")
 
 
 class SmtpSession:
