@@ -11,6 +11,7 @@ from collections.abc import Callable
 import pytest
 from imapclient import IMAPClient
 from sqlalchemy import select
+from sqlalchemy.orm import selectinload
 
 from tests.fixtures.app import both_databases
 from tests.fixtures.listeners import make_raw
@@ -38,7 +39,11 @@ def run(app, listener_id: int, committed: Callable[[list[int]], None] | None = N
 
 def stored(app) -> list[InboundMessage]:
     with app.app_context():
-        rows = db.session.scalars(select(InboundMessage).order_by(InboundMessage.id)).all()
+        rows = db.session.scalars(
+            select(InboundMessage)
+            .options(selectinload(InboundMessage.stored))  # the bytes, read while attached
+            .order_by(InboundMessage.id)
+        ).all()
         db.session.expunge_all()
         return list(rows)
 

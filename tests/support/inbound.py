@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from flask import Flask
+from sqlalchemy.orm import joinedload
 
 from webapp.extensions import db
 from webapp.models import EmailListener, InboundMessage
@@ -68,7 +69,10 @@ def store(app: Flask, raw: bytes, listener_id: int | None) -> int:
 
 def load(app: Flask, inbound_id: int) -> InboundMessage:
     with app.app_context():
-        inbound = db.session.get(InboundMessage, inbound_id)
+        # With its bytes, which a detached message could not load later.
+        inbound = db.session.get(
+            InboundMessage, inbound_id, options=[joinedload(InboundMessage.stored)]
+        )
         assert inbound is not None
         db.session.expunge(inbound)
         return inbound

@@ -17,7 +17,7 @@ from webapp.models.cases import (
 )
 from webapp.models.channels import ChannelRoute, EmailChannel
 from webapp.models.groups import WorkGroup, work_group_members
-from webapp.models.inbound import InboundMessage, InboundStatus
+from webapp.models.inbound import InboundMessage, InboundRaw, InboundStatus
 from webapp.models.listeners import (
     AfterProcessing,
     EmailListener,
@@ -47,6 +47,7 @@ __all__ = [
     "EmailChannel",
     "EmailListener",
     "InboundMessage",
+    "InboundRaw",
     "InboundStatus",
     "Keystore",
     "KeystoreKind",

@@ -7,6 +7,7 @@ from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
 from sqlalchemy import JSON, BigInteger, ForeignKey, LargeBinary, String, Text, UniqueConstraint
+from sqlalchemy.ext.associationproxy import AssociationProxy, association_proxy
 from sqlalchemy.orm import Mapped, mapped_column, relationship
 
 from webapp.extensions import Model
@@ -43,7 +44,14 @@ class InboundMessage(Model):
     # is written again each time a message is stored, claimed and given its outcome.
     sha256: Mapped[str] = mapped_column(String(64))
     size: Mapped[int]
-    raw: Mapped[bytes] = mapped_column(LargeBinary)
+    # The message's bytes, in a table of their own (InboundRaw): read when needed, never
+    # written again when the message is claimed or given its outcome.
+    stored: Mapped[InboundRaw] = relationship(
+        back_populates="message", cascade="all, delete-orphan", passive_deletes=True
+    )
+    raw: AssociationProxy[bytes] = association_proxy(
+        "stored", "raw", creator=lambda raw: InboundRaw(raw=raw)
+    )
     status: Mapped[str] = mapped_column(
         String(20), default=InboundStatus.RECEIVED.value, index=True
     )
@@ -72,3 +80,19 @@ class InboundMessage(Model):
     decisions: Mapped[list[Any]] = mapped_column(JSON, default=list)
     attempts: Mapped[int] = mapped_column(default=0)
     processed_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
+
+
+class InboundRaw(Model):
+    """The bytes of an incoming message, exactly as they arrived.
+
+    Apart from the message's row, which changes as the message is claimed and ingested: SQLite
+    writes a whole row again whenever one of its columns changes, a message's bytes with it.
+    """
+
+    __tablename__ = "inbound_raw"
+
+    id: Mapped[int] = mapped_column(
+        ForeignKey("inbound_messages.id", ondelete="CASCADE"), primary_key=True
+    )
+    raw: Mapped[bytes] = mapped_column(LargeBinary)
+    message: Mapped[InboundMessage] = relationship(back_populates="stored")

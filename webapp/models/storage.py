@@ -30,7 +30,7 @@ from webapp.extensions import db
 
 # Table -> columns written with every incoming or outgoing message.
 MAIL_SIZED_COLUMNS: dict[str, tuple[str, ...]] = {
-    "inbound_messages": ("raw",),
+    "inbound_raw": ("raw",),
     "case_attachments": ("data",),
     "case_events": ("comment",),
     "outbound_messages": ("body",),

@@ -27,7 +27,7 @@ from typing import Any, cast
 
 from sqlalchemy import Connection, CursorResult, func, insert, select, update
 from sqlalchemy.exc import DBAPIError, OperationalError
-from sqlalchemy.orm import SessionTransaction, defer, joinedload
+from sqlalchemy.orm import SessionTransaction, joinedload
 from sqlalchemy.orm.exc import StaleDataError
 
 from webapp.casetypes.templating import render
@@ -54,6 +54,7 @@ from webapp.models import (
     EmailChannel,
     EmailListener,
     InboundMessage,
+    InboundRaw,
     InboundStatus,
     OutboundKind,
     OutboundMessage,
@@ -465,7 +466,6 @@ def ingest_batch(
         for inbound in db.session.scalars(
             select(InboundMessage)
             .where(InboundMessage.id.in_(claimed))
-            .options(defer(InboundMessage.raw))
             .execution_options(populate_existing=True)
         )
     }
@@ -510,10 +510,12 @@ def _waiting(ids: list[int]) -> Sequence[Any]:
     return db.session.execute(
         select(
             InboundMessage.id,
-            InboundMessage.raw,
+            InboundRaw.raw,
             InboundMessage.listener_id,
             InboundMessage.account_id,
-        ).where(InboundMessage.id.in_(ids), InboundMessage.status == received)
+        )
+        .join(InboundRaw, InboundRaw.id == InboundMessage.id)
+        .where(InboundMessage.id.in_(ids), InboundMessage.status == received)
     ).all()
 
 
@@ -528,8 +530,9 @@ def _waiting_binary(connection: Connection, ids: list[int], received: str) -> Se
     driver = connection.connection.driver_connection
     assert isinstance(driver, psycopg.Connection)
     statement = (
-        "SELECT id, raw, listener_id, account_id FROM inbound_messages "
-        "WHERE id = ANY(%s) AND status = %s"
+        "SELECT m.id, r.raw, m.listener_id, m.account_id "
+        "FROM inbound_messages m JOIN inbound_raw r ON r.id = m.id "
+        "WHERE m.id = ANY(%s) AND m.status = %s"
     )
     parameters = (ids, received)
     try:
