@@ -6,6 +6,7 @@ import os
 import secrets
 import sys
 from pathlib import Path
+from typing import BinaryIO
 
 import click
 from cryptography.fernet import Fernet
@@ -125,12 +126,16 @@ def mail_ingest(max_size: int | None, listener_id: int | None) -> None:
     from webapp.models import EmailListener
     from webapp.services.intake import IntakeError, store_for_listener, store_inbound
 
-    raw = sys.stdin.buffer.read()
     try:
         listener = db.session.get(EmailListener, listener_id) if listener_id else None
         if listener_id and listener is None:
+            _read_message(sys.stdin.buffer, 0)
             click.echo(f"refused: there is no listener with the ID {listener_id}", err=True)
             sys.exit(EX_DATAERR)
+        limit = listener.max_message_bytes if listener is not None else max_size
+        raw, size = _read_message(sys.stdin.buffer, limit)
+        if limit is not None and size > limit:
+            raise IntakeError(f"the message has {size} bytes, more than the limit of {limit}")
         if listener is not None:
             inbound = store_for_listener(raw, "mta", listener)
         else:
@@ -141,6 +146,7 @@ def mail_ingest(max_size: int | None, listener_id: int | None) -> None:
         sys.exit(EX_DATAERR)
     except (OperationalError, SQLAlchemyError) as exc:
         db.session.rollback()
+        _read_message(sys.stdin.buffer, 0)  # what is left of it, unread if the lookup failed
         click.echo(f"temporary failure, try again later: {type(exc).__name__}", err=True)
         sys.exit(EX_TEMPFAIL)
     click.echo(f"stored inbound message #{inbound.id}")
@@ -154,6 +160,20 @@ def mail_ingest(max_size: int | None, listener_id: int | None) -> None:
         except RedisError:
             # Stored is what counts for the mail server: the reconciler enqueues it later.
             click.echo("queued for the reconciler: the job queue is unavailable", err=True)
+
+
+def _read_message(stream: BinaryIO, limit: int | None) -> tuple[bytes, int]:
+    """The message on `stream` and its size. Past `limit` bytes the rest is read and counted
+    but not kept, so that an oversized message cannot fill the memory and the mail server,
+    which is still writing it, gets the refusal rather than a broken pipe."""
+    if limit is None:
+        raw = stream.read()
+        return raw, len(raw)
+    raw = stream.read(limit + 1)
+    size = len(raw)
+    while chunk := stream.read(1024 * 1024):
+        size += len(chunk)
+    return raw, size
 
 
 @mail_cli.command("replay")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -9,8 +10,9 @@ from pathlib import Path
 from sqlalchemy import select
 
 from tests.fixtures.app import both_databases
+from tests.support.inbound import make_route
 from webapp.extensions import db
-from webapp.models import InboundMessage
+from webapp.models import EmailListener, InboundMessage
 
 ROOT = Path(__file__).resolve().parents[2]
 RAW = (
@@ -50,6 +52,55 @@ def test_ingest_refuses_empty_and_oversized_input_with_exit_65(runner, app):
     result = runner.invoke(args=["mail", "ingest", "--max-size", "10"], input=RAW)
     assert result.exit_code == 65
     assert "more than the limit of 10" in result.output
+
+
+def _pipe_to_ingest(size: int, app_env: dict[str, str]) -> tuple[int, str, int]:
+    """Pipe `size` bytes to `flask mail ingest --max-size 1000` as a mail server would: (its
+    exit code, its standard error, its peak memory in bytes). Checks the writer wrote them all."""
+    with (
+        subprocess.Popen(["head", "-c", str(size), "/dev/zero"], stdout=subprocess.PIPE) as mta,
+        subprocess.Popen(
+            [sys.executable, "-m", "flask", "mail", "ingest", "--max-size", "1000"],
+            stdin=mta.stdout,
+            stderr=subprocess.PIPE,
+            cwd=ROOT,
+            env=app_env,
+        ) as command,
+    ):
+        assert mta.stdout is not None and command.stderr is not None
+        mta.stdout.close()  # the command's end of the pipe is its own now
+        _, status, usage = os.wait4(command.pid, 0)
+        command.returncode = os.waitstatus_to_exitcode(status)
+        stderr = command.stderr.read().decode()
+        assert mta.wait(timeout=60) == 0  # no broken pipe
+    return command.returncode, stderr, usage.ru_maxrss * 1024  # kilobytes on Linux
+
+
+def test_an_oversized_message_is_refused_without_being_held_in_memory(app_env):
+    """A mail server piping a message far over the limit gets exit 65 with the message's size,
+    and the command's memory grows by much less than the message's 200 MB."""
+    size = 200 * 1024 * 1024
+    _, _, baseline = _pipe_to_ingest(2000, app_env)
+    code, stderr, peak = _pipe_to_ingest(size, app_env)
+    assert code == 65, stderr
+    assert f"refused: the message has {size} bytes, more than the limit of 1000" in stderr
+    assert peak - baseline < size / 4, (peak, baseline)
+
+
+def test_a_listeners_size_limit_applies_before_the_message_is_read_whole(
+    runner, app, make_account, make_case_type
+):
+    listener_id = make_route(app, make_account(), make_case_type())
+    with app.app_context():
+        listener = db.session.get(EmailListener, listener_id)
+        assert listener is not None
+        listener.max_message_bytes = 50
+        db.session.commit()
+    result = runner.invoke(args=["mail", "ingest", "--listener", str(listener_id)], input=RAW)
+    assert result.exit_code == 65
+    assert f"the message has {len(RAW)} bytes, more than the limit of 50" in result.output
+    with app.app_context():
+        assert db.session.scalar(select(InboundMessage)) is None
 
 
 def test_ingest_exits_75_when_the_database_is_unavailable(app_env, tmp_path):
