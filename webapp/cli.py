@@ -133,6 +133,7 @@ def mail_ingest(max_size: int | None, listener_id: int | None) -> None:
             click.echo(f"refused: there is no listener with the ID {listener_id}", err=True)
             sys.exit(EX_DATAERR)
         limit = listener.max_message_bytes if listener is not None else max_size
+        db.session.rollback()  # no transaction left open while the mail server writes
         raw, size = _read_message(sys.stdin.buffer, limit)
         if limit is not None and size > limit:
             raise IntakeError(f"the message has {size} bytes, more than the limit of {limit}")

@@ -8,7 +8,8 @@ messages' bytes are copied there.
 The column is dropped with ALTER TABLE ... DROP COLUMN, not by copying the table as Alembic's
 batch mode does on SQLite: dropping inbound_messages there would, with foreign keys on, delete
 the copied bytes and unlink the case events that point at the messages. SQLite 3.35 (2021) or
-later is needed. A downgrade puts the bytes back; on SQLite the column it adds again allows
+later is needed. On PostgreSQL the dropped column's data keeps its space until VACUUM FULL
+(docs/operations.md). A downgrade puts the bytes back; on SQLite the column it adds again allows
 NULL, since adding NOT NULL would need that copy of the table.
 
 Revision ID: 474cfaa859b9
