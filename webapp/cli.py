@@ -124,19 +124,23 @@ def mail_ingest(max_size: int | None, listener_id: int | None) -> None:
     mail server keeps the message and retries.
     """
     from webapp.models import EmailListener
-    from webapp.services.intake import IntakeError, store_for_listener, store_inbound
+    from webapp.services.intake import (
+        IntakeError,
+        check_size,
+        store_for_listener,
+        store_inbound,
+    )
 
     try:
         listener = db.session.get(EmailListener, listener_id) if listener_id else None
         if listener_id and listener is None:
-            _read_message(sys.stdin.buffer, 0)
+            _read_message(sys.stdin.buffer, 0)  # to its end, keeping nothing of it
             click.echo(f"refused: there is no listener with the ID {listener_id}", err=True)
             sys.exit(EX_DATAERR)
         limit = listener.max_message_bytes if listener is not None else max_size
         db.session.rollback()  # no transaction left open while the mail server writes
         raw, size = _read_message(sys.stdin.buffer, limit)
-        if limit is not None and size > limit:
-            raise IntakeError(f"the message has {size} bytes, more than the limit of {limit}")
+        check_size(size, limit)  # the whole message's size: `raw` stops past the limit
         if listener is not None:
             inbound = store_for_listener(raw, "mta", listener)
         else:

@@ -15,14 +15,19 @@ class IntakeError(ValueError):
     """The message was refused before it was stored; the message says why."""
 
 
+def check_size(size: int, max_size: int | None) -> None:
+    """Raise IntakeError when a message of `size` bytes is over `max_size` (None: no limit)."""
+    if max_size is not None and size > max_size:
+        raise IntakeError(f"the message has {size} bytes, more than the limit of {max_size}")
+
+
 def store_inbound(raw: bytes, source: str, max_size: int | None = None) -> InboundMessage:
     """Store `raw` as an InboundMessage (flushed, not committed); raises IntakeError."""
     if source not in SOURCES:
         raise IntakeError(f"unknown source {source!r}")
     if not raw.strip():
         raise IntakeError("the message is empty")
-    if max_size is not None and len(raw) > max_size:
-        raise IntakeError(f"the message has {len(raw)} bytes, more than the limit of {max_size}")
+    check_size(len(raw), max_size)
     summary = summarize(raw)
     message = InboundMessage(
         source=source,
