@@ -1,8 +1,17 @@
-"""Alembic environment for Flask-Migrate: the app's engine and metadata, batch mode for SQLite."""
+"""Alembic environment for Flask-Migrate: the app's engine and metadata, batch mode for SQLite.
+
+SQLite cannot change a table's constraints in place: batch mode copies the table to a new one
+and drops the old. With foreign keys enforced, as the app's connections have them, that drop
+deletes every row that points at the table with ON DELETE CASCADE (a case's whole timeline when
+`cases` is rebuilt), or fails on ON DELETE RESTRICT. So migrations run on SQLite with foreign
+keys off, as SQLite's own procedure for schema changes has it, and check every reference once
+they are done.
+"""
 
 import logging
 from logging.config import fileConfig
 
+import click
 from alembic import context
 from flask import current_app
 
@@ -43,9 +52,35 @@ def run_migrations_online() -> None:
     conf_args.setdefault("process_revision_directives", process_revision_directives)
 
     with engine.connect() as connection:
-        context.configure(connection=connection, target_metadata=target_db.metadata, **conf_args)
-        with context.begin_transaction():
-            context.run_migrations()
+        sqlite = connection.dialect.name == "sqlite"
+        if sqlite:
+            # Only outside a transaction does SQLite take this; commit ends the one just begun.
+            connection.exec_driver_sql("PRAGMA foreign_keys=OFF")
+            connection.commit()
+        try:
+            context.configure(
+                connection=connection, target_metadata=target_db.metadata, **conf_args
+            )
+            with context.begin_transaction():
+                context.run_migrations()
+                if sqlite:
+                    _check_references(connection)
+        finally:
+            if sqlite:
+                # Not back to the pool with foreign keys off: the next connection is a new
+                # one, with the app's settings.
+                connection.invalidate()
+
+
+def _check_references(connection) -> None:
+    """Stop when rows point at rows that do not exist, naming the tables."""
+    broken = connection.exec_driver_sql("PRAGMA foreign_key_check").fetchall()
+    if broken:
+        tables = ", ".join(sorted({f"{row[0]} -> {row[2]}" for row in broken}))
+        raise click.ClickException(
+            f"After the migration {len(broken)} row(s) point at rows that do not exist "
+            f"({tables}). The upgrade stopped; restore the copy of the database taken before it."
+        )
 
 
 if context.is_offline_mode():

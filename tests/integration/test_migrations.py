@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import click
 import pytest
 from alembic.autogenerate import compare_metadata
 from alembic.migration import MigrationContext
@@ -183,3 +184,81 @@ def test_migrations_write_an_sql_script_for_a_database_administrator(
     assert "CREATE TABLE inbound_messages" in script
     assert "DROP INDEX ix_inbound_messages_sha256" in script
     assert "SET COMPRESSION" not in script
+
+
+BEFORE_REBUILDS = "7b3c5d9e2a41"  # cases, their timeline, files and mail; no table rebuilt yet
+
+# A case with one of each row that points at it, as that revision's schema stores them.
+_CASE_WITH_ITS_ROWS = [
+    "INSERT INTO case_types (id, name, prefix, description, draft, created_at, updated_at) "
+    "VALUES (1, 'Expense', 'EXP', '', '{}', CURRENT_TIMESTAMP, CURRENT_TIMESTAMP)",
+    "INSERT INTO case_type_versions (id, case_type_id, number, definition, published_at) "
+    "VALUES (1, 1, 1, '{}', CURRENT_TIMESTAMP)",
+    "INSERT INTO cases (id, case_type_id, version_id, number, reference, subject, requester, "
+    "stage, status, fields, approvals, approvers, created_at, updated_at, stage_entered_at, "
+    "row_version) VALUES (1, 1, 1, 1, 'EXP-1', 'Trip', 'ann@example.com', 'review', 'open', "
+    "'{}', '{}', '[]', CURRENT_TIMESTAMP, CURRENT_TIMESTAMP, CURRENT_TIMESTAMP, 1)",
+    "INSERT INTO case_events (case_id, kind, actor, channel, action, from_stage, to_stage, "
+    "comment, created_at) VALUES (1, 'created', 'ann@example.com', 'email', '', '', 'review', "
+    "'the first entry', CURRENT_TIMESTAMP)",
+    "INSERT INTO case_attachments (case_id, filename, content_type, size, data, created_at) "
+    "VALUES (1, 'receipt.pdf', 'application/pdf', 3, :pdf, CURRENT_TIMESTAMP)",
+    "INSERT INTO outbound_messages (case_id, stage, recipients, subject, body, "
+    "attach_case_files, status, created_at) VALUES (1, 'review', '[\"ann@example.com\"]', "
+    "'Received', 'We have it.', FALSE, 'sent', CURRENT_TIMESTAMP)",
+]
+
+
+@both_databases
+def test_upgrades_that_rebuild_a_table_keep_the_rows_that_point_at_it(app_settings, redis_client):
+    """SQLite changes a table's constraints by copying it to a new table and dropping the old
+    one, and with foreign keys enforced that drop deletes every row pointing at the old table
+    (ON DELETE CASCADE): a case's timeline, files and mail. Upgrading keeps them all."""
+    app = create_app(app_settings)
+    with app.app_context():
+        upgrade(revision=BEFORE_REBUILDS)
+        for statement in _CASE_WITH_ITS_ROWS:
+            db.session.execute(text(statement), {"pdf": b"%!P"})
+        db.session.commit()
+        upgrade()
+        counts = {
+            table: db.session.execute(text(f"SELECT count(*) FROM {table}")).scalar_one()  # noqa: S608
+            for table in ("cases", "case_events", "case_attachments", "outbound_messages")
+        }
+        assert counts == {
+            "cases": 1,
+            "case_events": 1,
+            "case_attachments": 1,
+            "outbound_messages": 1,
+        }
+        comment = db.session.execute(text("SELECT comment FROM case_events")).scalar_one()
+        assert comment == "the first entry"
+        if db.engine.dialect.name == "sqlite":
+            # The app's own connections still enforce foreign keys after a migration.
+            db.session.remove()
+            db.engine.dispose()
+            assert db.session.execute(text("PRAGMA foreign_keys")).scalar_one() == 1
+        db.session.remove()
+        db.engine.dispose()
+
+
+def test_an_upgrade_stops_with_a_clear_message_when_rows_point_at_nothing(
+    app_settings, redis_client
+):
+    """SQLite checks the references only once the migrations are done (they run with foreign
+    keys off): a timeline entry whose case is gone is named, not left behind silently."""
+    app = create_app(app_settings)
+    with app.app_context():
+        upgrade(revision=BEFORE_REBUILDS)
+        for statement in _CASE_WITH_ITS_ROWS[:3]:
+            db.session.execute(text(statement))
+        db.session.commit()
+        db.session.execute(text("PRAGMA foreign_keys=OFF"))  # before a transaction's first write
+        db.session.execute(text(_CASE_WITH_ITS_ROWS[3].replace("VALUES (1,", "VALUES (99,")))
+        db.session.commit()
+        db.session.remove()
+        db.engine.dispose()
+        with pytest.raises(click.ClickException, match=r"1 row\(s\) .*\(case_events -> cases\)"):
+            upgrade()
+        db.session.remove()
+        db.engine.dispose()
