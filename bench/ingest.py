@@ -11,7 +11,9 @@ real thing on a fresh database: one listener poll in this process while `flask w
 inbound` processes (SimpleWorker) ingest the batches it enqueues, until every message is
 processed. Then, on another fresh database and mailbox, the poll alone stores the messages with
 no worker running, and the clock measures the workers ingesting them: "ingest alone", which is
-what a second worker can speed up. Prints messages per second, the raw limit and the ratio, per
+what a second worker can speed up; beside it, with more than one worker, the raw fetch + parse
+split over as many processes at once against one process: what this machine gives for this
+work with more processes. Prints messages per second, the raw limit and the ratio, per
 run and as the median of the runs, with the CPU time per message of the raw fetch + parse, of
 the poll and of the workers (Linux /proc), which moves much less with the machine's load.
 The workers are started, registered and warmed up before any clock: each ingests a batch of
@@ -24,6 +26,7 @@ from __future__ import annotations
 
 import argparse
 import email
+import multiprocessing
 import os
 import secrets
 import shutil
@@ -38,6 +41,8 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from email import policy
 from email.message import EmailMessage
+from multiprocessing.queues import SimpleQueue
+from multiprocessing.synchronize import Barrier
 from pathlib import Path
 
 import psycopg
@@ -78,6 +83,7 @@ class Figures:
     ingest_rate: float  # messages/s of the workers alone, on messages stored before
     limit: float  # messages/s of the bare fetch + parse of the same messages
     raw_cpu: float  # CPU seconds per message of the bare fetch + parse
+    raw_gain: float  # the fetch + parse's speed in `workers` processes at once against in one
     poll_cpu: float  # CPU seconds per message of the poll (this process)
     ingest_cpu: float  # CPU seconds per message of the workers, ingest alone
     load: float  # the machine's load average (1 minute) at the end of the run
@@ -145,6 +151,49 @@ def raw_limit(server: DovecotServer, user: str, count: int) -> tuple[float, floa
     if parsed != count:
         raise SystemExit(f"raw fetch saw {parsed} messages, expected {count}")
     return count / elapsed, cpu / count
+
+
+def _fetch_and_parse_share(
+    server: DovecotServer, user: str, share: list[int], start: Barrier, done: SimpleQueue[int]
+) -> None:
+    with IMAPClient(server.host, port=server.imap_port, ssl=False) as client:
+        client._imap.debug = 0
+        client.login(user, PASSWORD)
+        client.select_folder("INBOX", readonly=True)
+        start.wait()
+        for first in range(0, len(share), BATCH):
+            for data in client.fetch(share[first : first + BATCH], ["BODY.PEEK[]"]).values():
+                email.message_from_bytes(data[b"BODY[]"], policy=policy.default)
+    done.put(len(share))
+
+
+def parallel_raw_rate(server: DovecotServer, user: str, processes: int) -> float:
+    """Messages/s of fetching and parsing the mailbox in `processes` processes at once, each its
+    own share over its own connection: how much more this machine does of this work with more
+    processes, the ceiling for what more workers can gain."""
+    with IMAPClient(server.host, port=server.imap_port, ssl=False) as client:
+        client.login(user, PASSWORD)
+        client.select_folder("INBOX", readonly=True)
+        uids = sorted(client.search(["ALL"]))
+    context = multiprocessing.get_context("fork")
+    start, done = context.Barrier(processes + 1), context.SimpleQueue()
+    children = [
+        context.Process(
+            target=_fetch_and_parse_share, args=(server, user, uids[n::processes], start, done)
+        )
+        for n in range(processes)
+    ]
+    for child in children:
+        child.start()
+    start.wait(timeout=30)
+    started = time.perf_counter()
+    parsed = sum(done.get() for _ in children)
+    elapsed = time.perf_counter() - started
+    for child in children:
+        child.join()
+    if parsed != len(uids):
+        raise SystemExit(f"the parallel raw fetch saw {parsed} messages, expected {len(uids)}")
+    return parsed / elapsed
 
 
 def set_up_listener(server: DovecotServer, user: str) -> int:
@@ -396,12 +445,18 @@ def run(
         ingest_rate, ingest_cpu = ingest_alone(
             server, users[1], url, workers, redis_url, len(messages)
         )
+    raw_gain = 1.0
+    if workers > 1:
+        raw_gain = parallel_raw_rate(server, users[1], workers) / parallel_raw_rate(
+            server, users[1], 1
+        )
     return Figures(
         rate=rate,
         poll_rate=poll_rate,
         ingest_rate=ingest_rate,
         limit=(before + after) / 2,
         raw_cpu=raw_cpu,
+        raw_gain=raw_gain,
         poll_cpu=poll_cpu,
         ingest_cpu=ingest_cpu,
         load=os.getloadavg()[0],
@@ -454,7 +509,8 @@ def main() -> None:
                     print(
                         f"run {number} {LABELS[kind]:10} {count} worker(s): "
                         f"{got.rate:6.1f} msg/s end to end (poll {got.poll_rate:6.1f}); "
-                        f"ingest alone {got.ingest_rate:6.1f} msg/s; "
+                        f"ingest alone {got.ingest_rate:6.1f} msg/s; raw in {count} "
+                        f"process(es) x{got.raw_gain:.2f} of one; "
                         f"raw limit {got.limit:6.1f} msg/s; ratio {got.rate / got.limit:.2f}; "
                         f"CPU ms/msg: raw {got.raw_cpu * 1e3:.2f}, poll {got.poll_cpu * 1e3:.2f}, "
                         f"ingest {got.ingest_cpu * 1e3:.2f}; load {got.load:.1f}; {got.statuses}",
@@ -472,12 +528,14 @@ def main() -> None:
             ingest = statistics.median(f.ingest_rate for f in runs)
             raw_cpu = statistics.median(f.raw_cpu for f in runs)
             ingest_cpu = statistics.median(f.ingest_cpu for f in runs)
+            raw_gain = statistics.median(f.raw_gain for f in runs)
             print(
                 f"  {LABELS[kind]:10} {count} worker(s): "
                 f"{statistics.median(f.rate for f in runs):6.1f} msg/s end to end, "
                 f"raw limit {statistics.median(f.limit for f in runs):6.1f} msg/s, "
                 f"ratio {statistics.median(ratios):.2f} ({min(ratios):.2f}-{max(ratios):.2f}); "
-                f"ingest alone {ingest:6.1f} msg/s, x{ingest / first:.2f} of the first; "
+                f"ingest alone {ingest:6.1f} msg/s, x{ingest / first:.2f} of the first "
+                f"(raw fetch + parse in {count} process(es): x{raw_gain:.2f} of one); "
                 f"CPU per message: raw {raw_cpu * 1e3:.2f} ms, ingest {ingest_cpu * 1e3:.2f} ms"
             )
 
