@@ -1,7 +1,7 @@
 """Approval by email end to end: the approver's reply in the mailbox -> the case moved on.
 
     python bench/approval_roundtrip.py [--cases 36] [--notifications 300] [--rounds 5]
-                                       [--workers 2]
+                                       [--workers 2] [--no-pipelining]
                                        [--redis-url redis://127.0.0.1:6379/14]
 
 Starts a private Dovecot (the test suite's server class), an aiosmtpd server in this process,
@@ -16,7 +16,9 @@ Then, with the workers stopped, it writes M notifications to the outbox and time
 sender (`workers.outbound.send_outbound` on their ids, in this process) against smtplib
 sending the very same messages (the bytes the server received) over one reused connection to
 the same server, R rounds of each in turn. Prints the median rates and the median of the
-rounds' ratios (target >= 0.8). The Redis database given
+rounds' ratios (target >= 0.8). The server offers PIPELINING, as the common servers do, which
+the sender uses and smtplib does not; `--no-pipelining` measures against a server without. The
+Redis database given
 is emptied before and after: use one nothing else uses.
 """
 
@@ -69,9 +71,10 @@ TARGET_RATIO = 0.8
 IDLE_SAMPLES = 20
 
 
-def start_smtp() -> SmtpServer:
-    """The test suite's recording aiosmtpd server, plain SMTP without AUTH, in a thread."""
-    recorder = _Recorder()
+def start_smtp(pipelining: bool) -> SmtpServer:
+    """The test suite's recording aiosmtpd server, plain SMTP without AUTH, in a thread;
+    offering PIPELINING, as the common servers do, unless told not to."""
+    recorder = _Recorder(pipelining)
     controller = _Controller(
         recorder,
         xoauth2_tokens={},
@@ -298,6 +301,11 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=5, help="rounds of the sender measurement")
     parser.add_argument("--workers", type=int, default=2)
     parser.add_argument(
+        "--no-pipelining",
+        action="store_true",
+        help="the SMTP server does not offer PIPELINING: one command, one answer",
+    )
+    parser.add_argument(
         "--redis-url",
         default=os.environ.get("BENCH_REDIS_URL", "redis://127.0.0.1:6379/14"),
         help="a Redis database of its own: it is emptied",
@@ -319,7 +327,7 @@ def main() -> None:
     dovecot_root.mkdir(mode=0o711)
     server = DovecotServer(_find_dovecot(), dovecot_root, make_test_pki(folder), _mail_owner())
     server.start()
-    smtp = start_smtp()
+    smtp = start_smtp(pipelining=not args.no_pipelining)
     processes: list[subprocess.Popen[bytes]] = []
     app = create_app()
     try:
@@ -357,7 +365,8 @@ def main() -> None:
             ratios = [ours / raw for ours, raw in rounds]
             ratio = statistics.median(ratios)
             print(
-                f"sending {args.notifications} notifications, {args.rounds} rounds: "
+                f"sending {args.notifications} notifications, {args.rounds} rounds, server "
+                f"{'without' if args.no_pipelining else 'offering'} PIPELINING: "
                 f"send_outbound {statistics.median(o for o, _ in rounds):.0f} msg/s, "
                 f"smtplib on one connection {statistics.median(r for _, r in rounds):.0f} msg/s, "
                 f"ratio {ratio:.2f} (rounds {min(ratios):.2f}-{max(ratios):.2f}) "

@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import os
 import smtplib
+import socket
+import threading
 import time
 
 import pytest
@@ -18,6 +20,14 @@ from webapp.mail.smtp import SmtpLogin, envelope_address
 
 RAW = b"From: a@example.com\r\nTo: b@example.org\r\nSubject: Hi\r\n\r\nHello\r\n"
 POLICY = HostPolicy.ALLOW_PRIVATE
+
+
+@pytest.fixture(params=[False, True], ids=["one-command-at-a-time", "pipelined"])
+def scripted_smtp(request, scripted_smtp):
+    """Each test here against a server that offers PIPELINING and one that does not: the
+    answers and what arrives are the same either way."""
+    scripted_smtp.pipelining = request.param
+    return scripted_smtp
 
 
 def _session(port: int, login: SmtpLogin | None = None, keep: Keep | None = None) -> SmtpSession:
@@ -60,9 +70,120 @@ def test_all_recipients_refused_mixed_is_temporary(scripted_smtp):
     with _session(scripted_smtp.port) as session:
         mixed = session.send("a@example.com", ["full@example.org", "gone@example.org"], RAW)
         gone = session.send("a@example.com", ["gone@example.org"], RAW)
+        fine = session.send("a@example.com", ["b@example.org"], RAW)
     assert mixed.outcome == Outcome.RETRY
     assert "full@example.org: 452 4.2.2 Mailbox full" in mixed.answer
     assert gone.outcome == Outcome.FAILED
+    assert fine.outcome == Outcome.SENT, fine.answer
+    assert scripted_smtp.connections == 1
+
+
+def test_some_recipients_refused_the_others_get_the_message(scripted_smtp):
+    scripted_smtp.refuse_recipient("gone@example.org", "550 5.1.1 No such user")
+    with _session(scripted_smtp.port) as session:
+        partly = session.send("a@example.com", ["gone@example.org", "b@example.org"], RAW)
+    assert partly.outcome == Outcome.SENT
+    assert partly.refused == {"gone@example.org": "550 5.1.1 No such user."}
+    (message,) = scripted_smtp.wait_for(1)
+    assert message.rcpt_tos == ["b@example.org"]
+
+
+def test_a_refused_sender_fails_the_message_and_the_next_one_goes(scripted_smtp):
+    scripted_smtp.refuse_next_sender("553 5.7.1 Sender address rejected")
+    scripted_smtp.refuse_next_sender("451 4.3.0 Try later")
+    with _session(scripted_smtp.port) as session:
+        refused = session.send("a@example.com", ["b@example.org", "c@example.org"], RAW)
+        later = session.send("a@example.com", ["b@example.org"], RAW)
+        fine = session.send("a@example.com", ["b@example.org"], RAW)
+    assert (refused.outcome, refused.answer) == (
+        Outcome.FAILED,
+        "553 5.7.1 Sender address rejected.",
+    )
+    assert later.outcome == Outcome.RETRY
+    assert fine.outcome == Outcome.SENT, fine.answer
+    (message,) = scripted_smtp.wait_for(1)
+    assert message.raw == RAW
+    assert scripted_smtp.connections == 1
+
+
+def test_lines_that_start_with_a_period_arrive_as_written(scripted_smtp):
+    raw = RAW + b".\r\n..two\r\n.hidden line\r\nno line end at the close"
+    with _session(scripted_smtp.port) as session:
+        assert session.send("a@example.com", ["b@example.org"], raw).outcome == Outcome.SENT
+    (message,) = scripted_smtp.wait_for(1)
+    assert message.raw == raw + b"\r\n"
+
+
+_OFFERS_PIPELINING = b"250-test\r\n250-PIPELINING\r\n250 SIZE 10000000\r\n"
+
+
+def _serve_script(
+    listener: socket.socket, script: list[tuple[bytes, bytes]], received: list[tuple[bytes, int]]
+) -> None:
+    """Just enough of a server to see what a client writes: for each step, what arrives up to
+    the step's end (with the number of reads it took) is recorded and answered."""
+    connection, _ = listener.accept()
+    with connection:
+        connection.sendall(b"220 test ESMTP\r\n")
+        for end, answer in script:
+            data, reads = b"", 0
+            while not data.endswith(end):
+                data += connection.recv(65536)
+                reads += 1
+            received.append((data, reads))
+            connection.sendall(answer)
+
+
+def _send_to_script(
+    script: list[tuple[bytes, bytes]], recipients: list[str], raw: bytes
+) -> tuple[sending.Delivery, list[tuple[bytes, int]]]:
+    received: list[tuple[bytes, int]] = []
+    with socket.create_server(("127.0.0.1", 0)) as listener:
+        server = threading.Thread(target=_serve_script, args=(listener, script, received))
+        server.start()
+        with _session(listener.getsockname()[1]) as session:
+            delivery = session.send("a@example.com", recipients, raw)
+        server.join(timeout=10)
+    return delivery, received
+
+
+def test_a_server_that_offers_pipelining_gets_the_envelope_in_one_write():
+    """Two round trips a message, whatever the number of recipients, where smtplib alone
+    waits for an answer after each command."""
+    raw = RAW + b".dot\r\n"
+    script = [
+        (b"\r\n", _OFFERS_PIPELINING),
+        (b"DATA\r\n", b"250 2.1.0 OK\r\n250 2.1.5 OK\r\n550 5.1.1 No\r\n354 Go on\r\n"),
+        (b"\r\n.\r\n", b"250 2.0.0 Queued\r\n"),
+        (b"\r\n", b"221 Bye\r\n"),  # QUIT
+    ]
+    delivery, received = _send_to_script(script, ["b@example.org", "x@example.org"], raw)
+    assert delivery.outcome == Outcome.SENT
+    assert delivery.refused == {"x@example.org": "550 5.1.1 No."}
+    envelope = (
+        f"MAIL FROM:<a@example.com> SIZE={len(raw)}\r\n"
+        "RCPT TO:<b@example.org>\r\nRCPT TO:<x@example.org>\r\nDATA\r\n"
+    ).encode()
+    assert received[1] == (envelope, 1)
+    assert received[2][0] == RAW + b"..dot\r\n.\r\n"
+
+
+def test_a_data_accepted_after_every_recipient_was_refused_carries_no_message():
+    """A server should refuse DATA when it took no recipient (RFC 2920); one that accepts it
+    gets an empty message, ended at once, and a reset, never the message itself."""
+    script = [
+        (b"\r\n", _OFFERS_PIPELINING),
+        (b"DATA\r\n", b"250 2.1.0 OK\r\n550 5.1.1 No\r\n354 Go on\r\n"),
+        (b".\r\n", b"554 5.5.1 No valid recipients\r\n"),
+        (b"\r\n", b"250 2.0.0 OK\r\n"),  # RSET
+        (b"\r\n", b"221 Bye\r\n"),  # QUIT
+    ]
+    delivery, received = _send_to_script(script, ["x@example.org"], RAW)
+    assert (delivery.outcome, delivery.answer) == (
+        Outcome.FAILED,
+        "Every recipient was refused: x@example.org: 550 5.1.1 No.",
+    )
+    assert [data.upper() for data, _ in received[2:]] == [b".\r\n", b"RSET\r\n", b"QUIT\r\n"]
 
 
 def test_an_unreachable_server_fails_every_message_at_once():
@@ -227,9 +348,10 @@ class _RefusingController(_Controller):
         return _RefusesData(self.handler, xoauth2_tokens={}, require_auth=False)
 
 
-@pytest.fixture
-def refusing_smtp():
+@pytest.fixture(params=[False, True], ids=["one-command-at-a-time", "pipelined"])
+def refusing_smtp(request):
     with serve_scripted(_RefusingController) as handler:
+        handler.pipelining = request.param
         yield handler
 
 

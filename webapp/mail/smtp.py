@@ -9,6 +9,7 @@ import socket
 import ssl
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 from webapp.mail.connect import (
     INSECURE,
@@ -20,6 +21,9 @@ from webapp.mail.connect import (
     tls_version,
 )
 from webapp.mail.hostpolicy import HostPolicy
+
+if TYPE_CHECKING:
+    from _typeshed import SizedBuffer
 
 MODE_LABELS = {
     "none": "Connect using default",
@@ -84,6 +88,92 @@ class _SMTP(smtplib.SMTP):
         self.putcmd("rcpt", f"TO:{envelope_address(recip)}{optionlist}")
         return self.getreply()
 
+    def sendmail(
+        self,
+        from_addr: str,
+        to_addrs: str | Sequence[str],
+        msg: SizedBuffer | str,
+        mail_options: Sequence[str] = (),
+        rcpt_options: Sequence[str] = (),
+    ) -> dict[str, tuple[int, bytes]]:
+        """smtplib's sendmail, the same answers and exceptions; with a server that offers
+        PIPELINING (RFC 2920), as most do, MAIL FROM, the RCPT TOs and DATA go out in one
+        write and the message after their answers: two round trips a message instead of
+        three plus one per recipient, and fewer waits for the interpreter lock."""
+        recipients = [to_addrs] if isinstance(to_addrs, str) else list(to_addrs)
+        self.ehlo_or_helo_if_needed()
+        if (
+            not isinstance(msg, bytes)
+            or mail_options
+            or rcpt_options
+            or not recipients
+            or not (self.does_esmtp and self.has_extn("pipelining"))
+        ):
+            return super().sendmail(from_addr, recipients, msg, mail_options, rcpt_options)
+        size = f" SIZE={len(msg)}" if self.has_extn("size") else ""
+        commands = [f"MAIL FROM:{envelope_address(from_addr)}{size}"]
+        commands += [f"RCPT TO:{envelope_address(rcpt)}" for rcpt in recipients]
+        commands.append("DATA")
+        if any("\r" in command or "\n" in command for command in commands):
+            raise ValueError("command and arguments contain prohibited newline characters")
+        self.send("".join(f"{command}\r\n" for command in commands))
+
+        code, answer = self.getreply()
+        if code != 250:
+            if code == 421:
+                self.close()
+            else:
+                self._answers_after_refusal(len(recipients) + 1)
+            raise smtplib.SMTPSenderRefused(code, answer, from_addr)
+        refused: dict[str, tuple[int, bytes]] = {}
+        for rcpt in recipients:
+            code, answer = self.getreply()
+            if code not in (250, 251):
+                refused[rcpt] = (code, answer)
+            if code == 421:
+                self.close()
+                raise smtplib.SMTPRecipientsRefused(refused)
+        code, answer = self.getreply()
+        if len(refused) == len(recipients):
+            if code == 421:
+                self.close()
+            else:
+                self._answers_after_refusal(0, last=code)
+            raise smtplib.SMTPRecipientsRefused(refused)
+        if code != 354:
+            # As smtplib's data(): the transaction stays open; the caller resets it.
+            raise smtplib.SMTPDataError(code, answer)
+        self.send(_dot_stuffed(msg))
+        code, answer = self.getreply()
+        if code != 250:
+            if code == 421:
+                self.close()
+            else:
+                self._reset_quietly()
+            raise smtplib.SMTPDataError(code, answer)
+        return refused
+
+    def _answers_after_refusal(self, pending: int, last: int | None = None) -> None:
+        """Read the `pending` answers still due to commands sent in the same write as a refused
+        one, end a DATA the server accepted anyway with an empty message, and reset. `last` is
+        the code of the last answer read so far."""
+        for _ in range(pending):
+            last = self.getreply()[0]
+            if last == 421:
+                self.close()
+                return
+        if last == 354:
+            self.send(b".\r\n")
+            if self.getreply()[0] == 421:
+                self.close()
+                return
+        self._reset_quietly()
+
+    def _reset_quietly(self) -> None:
+        # As smtplib does after a refusal: a server that has hung up needs no reset.
+        with contextlib.suppress(smtplib.SMTPServerDisconnected):
+            self.rset()
+
     def _get_socket(self, host: str, port: int, timeout: float) -> socket.socket:
         sock = open_socket(self._endpoint, self._policy)
         if self._endpoint.security == "smtps":
@@ -91,6 +181,18 @@ class _SMTP(smtplib.SMTP):
                 sock, server_hostname=self._endpoint.host
             )
         return sock
+
+
+_LINE_START_PERIOD_RE = re.compile(rb"^\.", re.MULTILINE)
+
+
+def _dot_stuffed(message: bytes) -> bytes:
+    """`message` as DATA carries it (RFC 5321 4.5.2): a period that starts a line doubled,
+    the last line ended, and the line with a single period after it."""
+    stuffed = _LINE_START_PERIOD_RE.sub(b"..", message)
+    if not stuffed.endswith(b"\r\n"):
+        stuffed += b"\r\n"
+    return stuffed + b".\r\n"
 
 
 def _sign_in(client: _SMTP, login: SmtpLogin) -> None:
