@@ -52,19 +52,30 @@ def run_migrations_online() -> None:
     conf_args.setdefault("process_revision_directives", process_revision_directives)
 
     with engine.connect() as connection:
-        sqlite = connection.dialect.name == "sqlite"
+        # An in-memory database lives in its one connection, which must not be thrown away.
+        sqlite = connection.dialect.name == "sqlite" and engine.url.database not in ("", None)
+        sqlite = sqlite and engine.url.database != ":memory:"
+        applied: list[str] = []
         if sqlite:
-            # Only outside a transaction does SQLite take this; commit ends the one just begun.
+            # Only outside a transaction does SQLite take this. Then commit ends the transaction
+            # these statements began, which Alembic would otherwise take as the caller's own
+            # and leave uncommitted.
             connection.exec_driver_sql("PRAGMA foreign_keys=OFF")
+            still_on = connection.exec_driver_sql("PRAGMA foreign_keys").scalar()
             connection.commit()
+            if still_on:
+                raise click.ClickException("SQLite kept its foreign keys on; nothing was migrated.")
+            conf_args.setdefault(
+                "on_version_apply", lambda step, **_: applied.append(step.up_revision_id or "")
+            )
         try:
             context.configure(
                 connection=connection, target_metadata=target_db.metadata, **conf_args
             )
             with context.begin_transaction():
                 context.run_migrations()
-                if sqlite:
-                    _check_references(connection)
+            if applied:
+                _check_references(connection, applied)
         finally:
             if sqlite:
                 # Not back to the pool with foreign keys off: the next connection is a new
@@ -72,14 +83,15 @@ def run_migrations_online() -> None:
                 connection.invalidate()
 
 
-def _check_references(connection) -> None:
-    """Stop when rows point at rows that do not exist, naming the tables."""
+def _check_references(connection, applied: list[str]) -> None:
+    """Fail, naming the tables, when rows point at rows that do not exist after `applied`."""
     broken = connection.exec_driver_sql("PRAGMA foreign_key_check").fetchall()
     if broken:
         tables = ", ".join(sorted({f"{row[0]} -> {row[2]}" for row in broken}))
         raise click.ClickException(
-            f"After the migration {len(broken)} row(s) point at rows that do not exist "
-            f"({tables}). The upgrade stopped; restore the copy of the database taken before it."
+            f"After migrating through {', '.join(applied)}, {len(broken)} row(s) point at rows "
+            f"that do not exist ({tables}). Restore the copy of the database taken before the "
+            "upgrade, or remove those rows."
         )
 
 

@@ -115,6 +115,7 @@ def test_lines_that_start_with_a_period_arrive_as_written(scripted_smtp):
 
 
 _OFFERS_PIPELINING = b"250-test\r\n250-PIPELINING\r\n250 SIZE 10000000\r\n"
+_HANG_UP = b"<hang up>"  # as a script's last answer: the server closes the connection instead
 
 
 def _serve_script(
@@ -128,9 +129,14 @@ def _serve_script(
         for end, answer in script:
             data, reads = b"", 0
             while not data.endswith(end):
-                data += connection.recv(65536)
+                chunk = connection.recv(65536)
+                if not chunk:  # the client hung up early
+                    return
+                data += chunk
                 reads += 1
             received.append((data, reads))
+            if answer == _HANG_UP:
+                return
             connection.sendall(answer)
 
 
@@ -139,7 +145,9 @@ def _send_to_script(
 ) -> tuple[sending.Delivery, list[tuple[bytes, int]]]:
     received: list[tuple[bytes, int]] = []
     with socket.create_server(("127.0.0.1", 0)) as listener:
-        server = threading.Thread(target=_serve_script, args=(listener, script, received))
+        server = threading.Thread(
+            target=_serve_script, args=(listener, script, received), daemon=True
+        )
         server.start()
         with _session(listener.getsockname()[1]) as session:
             delivery = session.send("a@example.com", recipients, raw)
@@ -370,3 +378,23 @@ def test_a_refusal_at_data_leaves_the_connection_ready_for_the_next_message(refu
     with _session(refusing_smtp.port, keep=keep) as session:  # the next job, kept connection
         assert session.send("a@example.com", ["b@example.org"], RAW).outcome == Outcome.SENT
     assert refusing_smtp.connections == 1
+
+
+@pytest.mark.parametrize(
+    ("refusal", "recipients", "failed"),
+    [
+        (b"554 5.7.1 Blocked\r\n", ["b@example.org"], "554 5.7.1 Blocked."),
+        (
+            b"250 2.1.0 OK\r\n550 5.1.1 No\r\n",
+            ["x@example.org"],
+            "Every recipient was refused: x@example.org: 550 5.1.1 No.",
+        ),
+    ],
+    ids=["sender", "every-recipient"],
+)
+def test_a_refusal_stays_a_refusal_when_the_server_hangs_up_after_it(refusal, recipients, failed):
+    """A server may close the connection right after refusing a pipelined message, before it
+    answers the commands sent with it: the message has failed for good all the same."""
+    script = [(b"\r\n", _OFFERS_PIPELINING), (b"DATA\r\n", refusal), (b"", _HANG_UP)]
+    delivery, _ = _send_to_script(script, recipients, RAW)
+    assert (delivery.outcome, delivery.answer) == (Outcome.FAILED, failed)

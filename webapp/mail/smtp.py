@@ -133,13 +133,10 @@ class _SMTP(smtplib.SMTP):
             if code == 421:
                 self.close()
                 raise smtplib.SMTPRecipientsRefused(refused)
-        code, answer = self.getreply()
         if len(refused) == len(recipients):
-            if code == 421:
-                self.close()
-            else:
-                self._answers_after_refusal(0, last=code)
+            self._answers_after_refusal(1)  # DATA's
             raise smtplib.SMTPRecipientsRefused(refused)
+        code, answer = self.getreply()
         if code != 354:
             # As smtplib's data(): the transaction stays open; the caller resets it.
             raise smtplib.SMTPDataError(code, answer)
@@ -153,21 +150,24 @@ class _SMTP(smtplib.SMTP):
             raise smtplib.SMTPDataError(code, answer)
         return refused
 
-    def _answers_after_refusal(self, pending: int, last: int | None = None) -> None:
+    def _answers_after_refusal(self, pending: int) -> None:
         """Read the `pending` answers still due to commands sent in the same write as a refused
-        one, end a DATA the server accepted anyway with an empty message, and reset. `last` is
-        the code of the last answer read so far."""
-        for _ in range(pending):
-            last = self.getreply()[0]
-            if last == 421:
-                self.close()
-                return
-        if last == 354:
-            self.send(b".\r\n")
-            if self.getreply()[0] == 421:
-                self.close()
-                return
-        self._reset_quietly()
+        one, end a DATA the server accepted anyway with an empty message, and reset. A server
+        that hangs up meanwhile changes nothing: the refusal is what the caller hears, as from
+        smtplib."""
+        last = 0
+        with contextlib.suppress(smtplib.SMTPServerDisconnected):
+            for _ in range(pending):
+                last = self.getreply()[0]
+                if last == 421:
+                    self.close()
+                    return
+            if last == 354:
+                self.send(b".\r\n")
+                if self.getreply()[0] == 421:
+                    self.close()
+                    return
+            self.rset()
 
     def _reset_quietly(self) -> None:
         # As smtplib does after a refusal: a server that has hung up needs no reset.
