@@ -133,20 +133,31 @@ def build_messages(count: int, tag: str = "") -> list[bytes]:
     return messages
 
 
-def raw_limit(server: DovecotServer, user: str, count: int) -> tuple[float, float]:
-    """(messages/s, CPU seconds/message) of fetching and parsing the mailbox, nothing else."""
-    started, cpu = time.perf_counter(), time.process_time()
+@contextmanager
+def _mailbox(server: DovecotServer, user: str) -> Iterator[IMAPClient]:
+    """An IMAP session on the user's INBOX, read-only."""
     with IMAPClient(server.host, port=server.imap_port, ssl=False) as client:
         client._imap.debug = 0  # as the poll does: its protocol logging makes fetching 4x slower
         client.login(user, PASSWORD)
         client.select_folder("INBOX", readonly=True)
-        uids = sorted(client.search(["ALL"]))
-        parsed = 0
-        for start in range(0, len(uids), BATCH):
-            batch = uids[start : start + BATCH]
-            for data in client.fetch(batch, ["BODY.PEEK[]"]).values():
-                email.message_from_bytes(data[b"BODY[]"], policy=policy.default)
-                parsed += 1
+        yield client
+
+
+def _fetch_and_parse(client: IMAPClient, uids: list[int]) -> int:
+    """Fetch the messages `uids` in batches and parse each, nothing else; how many there were."""
+    parsed = 0
+    for start in range(0, len(uids), BATCH):
+        for data in client.fetch(uids[start : start + BATCH], ["BODY.PEEK[]"]).values():
+            email.message_from_bytes(data[b"BODY[]"], policy=policy.default)
+            parsed += 1
+    return parsed
+
+
+def raw_limit(server: DovecotServer, user: str, count: int) -> tuple[float, float]:
+    """(messages/s, CPU seconds/message) of fetching and parsing the mailbox, nothing else."""
+    started, cpu = time.perf_counter(), time.process_time()
+    with _mailbox(server, user) as client:
+        parsed = _fetch_and_parse(client, sorted(client.search(["ALL"])))
     elapsed, cpu = time.perf_counter() - started, time.process_time() - cpu
     if parsed != count:
         raise SystemExit(f"raw fetch saw {parsed} messages, expected {count}")
@@ -156,24 +167,16 @@ def raw_limit(server: DovecotServer, user: str, count: int) -> tuple[float, floa
 def _fetch_and_parse_share(
     server: DovecotServer, user: str, share: list[int], start: Barrier, done: SimpleQueue[int]
 ) -> None:
-    with IMAPClient(server.host, port=server.imap_port, ssl=False) as client:
-        client._imap.debug = 0
-        client.login(user, PASSWORD)
-        client.select_folder("INBOX", readonly=True)
+    with _mailbox(server, user) as client:
         start.wait()
-        for first in range(0, len(share), BATCH):
-            for data in client.fetch(share[first : first + BATCH], ["BODY.PEEK[]"]).values():
-                email.message_from_bytes(data[b"BODY[]"], policy=policy.default)
-    done.put(len(share))
+        done.put(_fetch_and_parse(client, share))
 
 
 def parallel_raw_rate(server: DovecotServer, user: str, processes: int) -> float:
     """Messages/s of fetching and parsing the mailbox in `processes` processes at once, each its
     own share over its own connection: how much more this machine does of this work with more
     processes, the ceiling for what more workers can gain."""
-    with IMAPClient(server.host, port=server.imap_port, ssl=False) as client:
-        client.login(user, PASSWORD)
-        client.select_folder("INBOX", readonly=True)
+    with _mailbox(server, user) as client:
         uids = sorted(client.search(["ALL"]))
     context = multiprocessing.get_context("fork")
     start, done = context.Barrier(processes + 1), context.SimpleQueue()

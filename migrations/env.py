@@ -26,6 +26,8 @@ engine = target_db.engine
 config.set_main_option(
     "sqlalchemy.url", engine.url.render_as_string(hide_password=False).replace("%", "%%")
 )
+# SQLite databases that live in their one connection, which must not be thrown away.
+IN_MEMORY = (None, "", ":memory:")
 
 
 def run_migrations_offline() -> None:
@@ -52,9 +54,7 @@ def run_migrations_online() -> None:
     conf_args.setdefault("process_revision_directives", process_revision_directives)
 
     with engine.connect() as connection:
-        # An in-memory database lives in its one connection, which must not be thrown away.
-        sqlite = connection.dialect.name == "sqlite" and engine.url.database not in ("", None)
-        sqlite = sqlite and engine.url.database != ":memory:"
+        sqlite = connection.dialect.name == "sqlite" and engine.url.database not in IN_MEMORY
         applied: list[str] = []
         if sqlite:
             # Only outside a transaction does SQLite take this. Then commit ends the transaction
