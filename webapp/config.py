@@ -153,7 +153,11 @@ def load_config(env: Mapping[str, str], instance_path: str) -> dict[str, Any]:
             "CASEMAIL_BASE_URL must be set when CASEMAIL_ENV=production: the links in approval "
             "requests and notifications point there (such as https://casemail.example.com)"
         )
-    base_url = _base_url(base_url or "http://127.0.0.1:5000")
+    # Unset, links point at the port `make run` serves on.
+    port = _int(env, "CASEMAIL_PORT", 5000)
+    if not 0 < port < 65536:
+        raise ConfigError(f"CASEMAIL_PORT must be a port number (1-65535), got {port}")
+    base_url = _base_url(base_url or f"http://127.0.0.1:{port}")
 
     try:
         host_policy = parse_policy(env.get("CASEMAIL_MAIL_HOST_POLICY"))

@@ -54,6 +54,19 @@ def test_production_requires_the_address_that_links_in_emails_point_to(tmp_path)
     assert load_config({}, str(tmp_path))["CASEMAIL_BASE_URL"] == "http://127.0.0.1:5000"
 
 
+def test_links_point_at_the_port_make_run_serves_on_unless_a_base_url_is_set(tmp_path):
+    config = load_config({"CASEMAIL_PORT": "5057"}, str(tmp_path))
+    assert config["CASEMAIL_BASE_URL"] == "http://127.0.0.1:5057"
+    given = {"CASEMAIL_PORT": "5057", "CASEMAIL_BASE_URL": "http://casemail.test:8000"}
+    assert load_config(given, str(tmp_path))["CASEMAIL_BASE_URL"] == "http://casemail.test:8000"
+
+
+@pytest.mark.parametrize("value", ["0", "65536", "http", "-1"])
+def test_a_port_that_is_not_one_is_refused(tmp_path, value):
+    with pytest.raises(ConfigError, match="CASEMAIL_PORT must be a"):
+        load_config({"CASEMAIL_PORT": value}, str(tmp_path))
+
+
 @pytest.mark.parametrize(
     "value",
     [
