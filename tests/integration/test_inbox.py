@@ -42,7 +42,7 @@ def test_the_list_shows_quarantine_first_and_filters_by_status(client, login_as,
     page = client.get("/admin/inbox/").get_data(as_text=True)
     assert page.index("Lost") < page.index("Taxi to the airport")
     assert "EXP-1001" in page
-    assert "No service email rule handles this message" in page
+    assert "This message has no listener (it came in without one" in page
     only = client.get("/admin/inbox/?status=processed").get_data(as_text=True)
     assert "Lost" not in only and "Taxi to the airport" in only
 

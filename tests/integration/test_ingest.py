@@ -168,7 +168,7 @@ def test_a_broken_message_is_quarantined_and_can_be_replayed(app, route, runner)
     # An admin fixes the cause (here: the rule that was missing) and replays.
     good = store(app, message(), None)
     assert ingest(app, good).status == "quarantined"
-    assert "No service email rule handles this message" in load(app, good).status_reason
+    assert load(app, good).status_reason.startswith("This message has no listener (it came in")
     with app.app_context():
         db.session.get(InboundMessage, good).listener_id = listener_id
         db.session.commit()
@@ -177,6 +177,70 @@ def test_a_broken_message_is_quarantined_and_can_be_replayed(app, route, runner)
     assert f"#{good}: processed. Opened EXP-1001." in result.output
     with app.app_context(), pytest.raises(IngestError, match="only quarantined messages"):
         replay(good)
+
+
+@both_databases
+def test_replaying_a_message_whose_case_cannot_be_opened_quarantines_it_again(app, route, runner):
+    # Internal mail from a host name without a dot: no case can name it as requester.
+    inbound = ingest(app, store(app, message(sender="ops@intranet"), route()))
+    reason = "Some fields need a change: Enter the requester's email address"
+    assert inbound.status == "quarantined"
+    assert inbound.status_reason.startswith(reason)
+
+    result = runner.invoke(args=["mail", "replay", str(inbound.id)])
+    assert result.exit_code == 1, result.output
+    assert f"#{inbound.id}: quarantined. {reason}" in result.output
+    again = load(app, inbound.id)
+    assert (again.status, again.attempts) == ("quarantined", 2)
+    assert count(app, Case) == 0
+
+
+@both_databases
+def test_a_flood_of_references_neither_blocks_a_batch_nor_grows_the_answer(app, route):
+    listener_id = route()
+    ingest(app, store(app, message(), listener_id))  # EXP-1001, Message-ID <m1@example.com>
+    # A reply whose References names the thread's first message among 100,000 made-up ids.
+    flood = "".join(f" <x{n}@flood.example>" for n in range(100_000))
+    reply = message(
+        subject="Re: Taxi to the airport",
+        body="See the thread.\n",
+        message_id="<r1@example.com>",
+        headers=f"References: <m1@example.com>{flood}\r\n",
+    )
+    ids = [
+        store(app, reply, listener_id),
+        store(app, message(message_id="<m2@example.com>", subject="Hotel"), listener_id),
+    ]
+    with app.app_context():
+        enqueue_ingest(ids)
+    assert run_worker(app, [INBOUND], burst=True) is True
+    first, second = (load(app, i) for i in ids)
+    assert first.status == "processed"
+    assert first.status_reason == "Joins EXP-1001 (matched by In-Reply-To/References (References))."
+    assert (second.status, second.status_reason) == ("processed", "Opened EXP-1002.")
+
+
+@both_databases
+def test_a_from_address_too_long_to_be_one_is_stored_and_quarantined(app, route):
+    sender = "a" * 400 + "@example.com"
+    inbound = ingest(app, store(app, message(sender=sender), route()))
+    assert inbound.from_address == ""
+    assert inbound.raw.startswith(f"From: Alice <{sender}>".encode())
+    assert (inbound.status, inbound.status_reason) == (
+        "quarantined",
+        "Some fields need a change: That address is too long.",
+    )
+
+
+def test_a_reply_of_ours_repeats_only_the_first_and_latest_references():
+    from webapp.mail.parse import MAX_REFERENCES, parse_message
+
+    ids = [f"<t{n}@example.com>" for n in range(500)]
+    raw = message(headers=f"References: {' '.join(ids)} <{'x' * 1000}@long.example>\r\n")
+    references = parse_message(raw).references
+    assert len(references) == MAX_REFERENCES
+    assert references[0] == ids[0]
+    assert references[1:] == tuple(ids[len(ids) - MAX_REFERENCES + 1 :])
 
 
 @both_databases

@@ -29,6 +29,13 @@ from html.parser import HTMLParser
 
 DEFAULT_MAX_PARTS = 500
 DEFAULT_MAX_DEPTH = 20
+# References lists a thread's Message-IDs oldest first and grows by one with every reply. The
+# thread's first message and its most recent ones are what tells which case a reply belongs to
+# (and what a reply of ours repeats); a header of thousands of ids is kept to those, so that a
+# message can never make its case lookup, or our answer's header, as large as it likes.
+MAX_REFERENCES = 50
+# The longest Message-ID kept: a header line's limit (RFC 5322), and the stored column's size.
+MAX_MESSAGE_ID = 998
 FILENAME_MAX_LENGTH = 150
 
 # Headers the filter chain reads to recognise automatic mail; a rule tester shows them.
@@ -263,7 +270,7 @@ def parse_message(
         raw_size=len(raw),
         message_id=_message_id(first("message-id")),
         in_reply_to=_first_msgid(first("in-reply-to")),
-        references=tuple(_MSGID_RE.findall(first("references"))),
+        references=_references(first("references")),
         subject=" ".join(decode_header(first("subject")).split()),
         from_addresses=from_addresses,
         from_header_count=len(from_values),
@@ -898,10 +905,19 @@ def _addresses(values: Iterable[str]) -> tuple[tuple[str, str], ...]:
     return tuple(found)
 
 
+def _references(value: str) -> tuple[str, ...]:
+    """The Message-IDs of a References header: the first and the most recent ones, at most
+    MAX_REFERENCES, none longer than MAX_MESSAGE_ID."""
+    found = [m for m in _MSGID_RE.findall(value) if len(m) <= MAX_MESSAGE_ID]
+    if len(found) > MAX_REFERENCES:
+        found = [found[0], *found[len(found) - MAX_REFERENCES + 1 :]]
+    return tuple(found)
+
+
 def _message_id(value: str) -> str | None:
     found = _MSGID_RE.search(value)
     if found:
-        return found.group(0)
+        return found.group(0) if len(found.group(0)) <= MAX_MESSAGE_ID else None
     token = value.strip()
     # Some senders omit the angle brackets; accept a single bare id-left@id-right token.
     if token and "@" in token and not any(ch.isspace() for ch in token) and len(token) < 500:
@@ -911,7 +927,9 @@ def _message_id(value: str) -> str | None:
 
 def _first_msgid(value: str) -> str | None:
     found = _MSGID_RE.search(value)
-    return found.group(0) if found else _message_id(value)
+    if found:
+        return found.group(0) if len(found.group(0)) <= MAX_MESSAGE_ID else None
+    return _message_id(value)
 
 
 def _date(value: str) -> datetime | None:

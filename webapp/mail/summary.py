@@ -18,6 +18,9 @@ from email.utils import getaddresses
 _parser = BytesHeaderParser(policy=email.policy.compat32)
 _strict = email.policy.default
 _MAX_HEADER = 998
+# The longest address stored (the column's size; RFC 5321 allows 256 octets in a path). A
+# longer From is not an address anyone can be answered at: the message is listed without one.
+_MAX_ADDRESS = 320
 # The end of the header block: the first empty line.
 _HEADER_END_RE = re.compile(rb"\r?\n\r?\n")
 _PLAIN_RE = re.compile(r"[ -~\t\r\n]*\Z")
@@ -54,7 +57,7 @@ def summarize(raw: bytes) -> MessageSummary:
     subject = _header(message, "Subject")
     sender = ""
     pairs = getaddresses([_header(message, "From")])
-    if pairs and pairs[0][1] and "@" in pairs[0][1]:
+    if pairs and "@" in pairs[0][1] and len(pairs[0][1]) <= _MAX_ADDRESS:
         sender = pairs[0][1].lower()
     message_id = _header(message, "Message-ID", _MESSAGE_ID_RE) or None
     return MessageSummary(subject=subject, from_address=sender, message_id=message_id)

@@ -135,6 +135,16 @@ def give_back_numbers(case_type_id: int, first_unused: int, end: int) -> None:
         )
 
 
+def requester_problem(requester: str) -> str | None:
+    """Why `requester` (lower-cased, stripped) cannot be a case's requester; None if it can.
+    The requester is notified: anything but one address would misdirect the mail."""
+    if len(requester) > 320:
+        return "That address is too long."
+    if requester and not EMAIL_RE.match(requester):
+        return "Enter the requester's email address, such as name@example.com."
+    return None
+
+
 def open_case(
     case_type: CaseType,
     values: dict[str, str],
@@ -171,11 +181,9 @@ def open_case(
     elif len(subject) > 300:
         errors["subject"] = "Keep the subject under 300 characters."
     requester = requester.strip().lower()
-    if len(requester) > 320:
-        errors["requester"] = "That address is too long."
-    elif requester and not EMAIL_RE.match(requester):
-        # The requester is notified: anything but one address would misdirect the mail.
-        errors["requester"] = "Enter the requester's email address, such as name@example.com."
+    problem = requester_problem(requester)
+    if problem:
+        errors["requester"] = problem
     if errors:
         raise CaseError("Some fields need a change: " + " ".join(errors.values()), errors)
     number_of_case = number() if number is not None else reserve_numbers(case_type.id, 1)

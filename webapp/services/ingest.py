@@ -75,6 +75,8 @@ from webapp.services.rules import MappedValue, map_fields
 LOOP_LIMIT = 20
 LOOP_WINDOW_MINUTES = 60
 MAX_EVENT_TEXT = 5000
+# Message-IDs looked up per statement (SQLite builds before 3.32 take at most 999 parameters).
+_IDS_PER_QUERY = 500
 NO_SUBJECT = "(no subject)"
 
 OPEN = "open"
@@ -184,6 +186,7 @@ def plan(
     inbound_id: int | None = None,
     channel: EmailChannel | None = None,
     batch: Batch | None = None,
+    without_listener: bool = False,
 ) -> Plan:
     """What ingesting `raw` with `rule` (or routed by `channel`) does; writes nothing.
 
@@ -231,11 +234,18 @@ def plan(
             return result
     result.rule = rule
     result.correlation = found.description
+    if rule is None and without_listener:
+        result.action = QUARANTINE
+        result.reason = (
+            "This message has no listener (it came in without one, or its listener was "
+            "deleted), so no rule handles it: download it and hand it to a listener with "
+            "flask mail ingest --listener ID < message.eml."
+        )
+        return result
     if rule is None:
         result.action = QUARANTINE
         result.reason = (
-            "No service email rule handles this message: give its listener a rule "
-            "(mail from the intake needs --listener), then replay it."
+            "No service email rule handles this message: give its listener a rule, then replay it."
         )
         return result
     if found.case is not None:
@@ -262,6 +272,12 @@ def plan(
     if problems:
         result.action = QUARANTINE
         result.reason = "A mapped field does not fit: " + " ".join(problems)
+        return result
+    # Said here, as opening the case would say it, so that the rule tester shows it too.
+    problem = case_service.requester_problem(result.sender)
+    if problem:
+        result.action = QUARANTINE
+        result.reason = f"Some fields need a change: {problem}"
         return result
     breaker = loop_breaker(
         result.sender or None,
@@ -313,6 +329,7 @@ def ingest_message(
         inbound_id=inbound.id,
         channel=listener.channel if listener else None,
         batch=batch,
+        without_listener=listener is None,
     )
     rule = result.rule
     try:
@@ -782,8 +799,18 @@ def replay(inbound_id: int) -> InboundMessage:
     inbound.status = InboundStatus.RECEIVED.value
     inbound.status_reason = ""
     db.session.flush()
-    ingested = ingest_message(inbound_id, proof=proofs.get(inbound_id))
+    # In a savepoint, as in a batch: a message that fails again (its case cannot be opened,
+    # say) undoes only what ingesting it wrote and is quarantined anew with the new reason.
+    savepoint = db.session.begin_nested()
+    try:
+        ingested = ingest_message(inbound_id, proof=proofs.get(inbound_id))
+    except IngestError:
+        db.session.rollback()
+        raise
+    if savepoint.is_active:
+        savepoint.commit()
     if ingested is None:
+        db.session.rollback()
         raise IngestError(f"Message #{inbound_id} is being ingested already.")
     return ingested
 
@@ -1212,17 +1239,23 @@ def _cases_by_message_ids(message_ids: Any, batch: Batch | None = None) -> dict[
         # batch finds it among the batch's threads (it may not be linked to its case yet).
         known = {m: batch.answered[m] for m in wanted if m in batch.answered}
         return known | {m: batch.threads[m] for m in wanted if m in batch.threads}
-    received = db.session.execute(
-        select(InboundMessage.message_id, Case)
-        .join(Case, Case.id == InboundMessage.case_id)
-        .where(InboundMessage.message_id.in_(wanted))
-    )
-    sent = db.session.execute(
-        select(OutboundMessage.message_id, Case)
-        .join(Case, Case.id == OutboundMessage.case_id)
-        .where(OutboundMessage.message_id.in_(wanted))
-    )
-    return {message_id: case for message_id, case in [*received, *sent] if message_id}
+    found: dict[str, Case] = {}
+    # In pieces: a batch's replies may answer a few thousand ids, more than some SQLite builds
+    # take as parameters of one statement.
+    for start in range(0, len(wanted), _IDS_PER_QUERY):
+        piece = wanted[start : start + _IDS_PER_QUERY]
+        received = db.session.execute(
+            select(InboundMessage.message_id, Case)
+            .join(Case, Case.id == InboundMessage.case_id)
+            .where(InboundMessage.message_id.in_(piece))
+        )
+        sent = db.session.execute(
+            select(OutboundMessage.message_id, Case)
+            .join(Case, Case.id == OutboundMessage.case_id)
+            .where(OutboundMessage.message_id.in_(piece))
+        )
+        found.update({message_id: case for message_id, case in [*received, *sent] if message_id})
+    return found
 
 
 def _bounced_case(message: ParsedMessage, original: str | None) -> tuple[Case | None, str]:

@@ -1,0 +1,57 @@
+"""The rule tester predicts what ingesting a message would do, refusals included."""
+
+from __future__ import annotations
+
+import io
+
+from sqlalchemy import func, select
+
+from tests.fixtures.app import csrf_token
+from tests.support.inbound import message
+from webapp.extensions import db
+from webapp.models import Case, InboundMessage, ServiceEmailRule
+from webapp.services import rules as rule_service
+
+
+def _rule(app, type_id: int) -> int:
+    with app.app_context():
+        data = rule_service.RuleData(
+            name="Expenses by email",
+            action="create_case",
+            case_type_id=type_id,
+            mappings=[{"field": "amount", "source": "body_key", "value": "Amount"}],
+        )
+        rule = rule_service.save_rule(None, data)
+        db.session.commit()
+        return rule.id
+
+
+def _test_message(client, rule_id: int, raw: bytes) -> str:
+    token = csrf_token(client, "/admin/rules/test")
+    response = client.post(
+        "/admin/rules/test",
+        data={"csrf_token": token, "rule_id": str(rule_id), "message": (io.BytesIO(raw), "m.eml")},
+        content_type="multipart/form-data",
+    )
+    assert response.status_code == 200
+    return response.get_data(as_text=True)
+
+
+def test_the_tester_says_a_sender_no_case_can_name_is_quarantined(
+    app, client, login_as, make_case_type
+):
+    login_as("admin")
+    rule_id = _rule(app, make_case_type())
+    for sender, reason in (
+        ("ops@intranet", "Enter the requester&#39;s email address, such as name@example.com."),
+        ("a" * 320 + "@example.com", "That address is too long."),
+    ):
+        page = _test_message(client, rule_id, message(sender=sender))
+        assert "Quarantine" in page and "Opens a new case." not in page
+        assert f"Some fields need a change: {reason}" in page
+    page = _test_message(client, rule_id, message())
+    assert "Opens a new case." in page
+    with app.app_context():
+        for model in (Case, InboundMessage):
+            assert db.session.scalar(select(func.count()).select_from(model)) == 0
+        assert db.session.scalar(select(func.count()).select_from(ServiceEmailRule)) == 1
