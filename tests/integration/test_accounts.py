@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import html
+
 from sqlalchemy import func, select
 
 from tests.fixtures.app import both_databases, csrf_token
+from tests.support.inbound import make_route
 from webapp.extensions import db
 from webapp.models import EmailAccount
 from webapp.secretbox import get_secretbox
@@ -272,3 +275,22 @@ def test_delete_account(app, client, login_as, make_account):
     response = client.post(f"/admin/accounts/{pk}/delete", data={"csrf_token": token})
     assert response.status_code == 302
     assert _count(app) == 0
+
+
+@both_databases
+def test_an_account_a_listener_receives_through_is_not_deleted(
+    app, client, login_as, make_account, make_case_type
+):
+    pk = make_account("expenses")
+    make_route(app, pk, make_case_type())
+    login_as("admin")
+    token = csrf_token(client, f"/admin/accounts/{pk}")
+    response = client.post(
+        f"/admin/accounts/{pk}/delete", data={"csrf_token": token}, follow_redirects=True
+    )
+    assert response.status_code == 200
+    assert (
+        "The listeners Listener for Expenses by email receive mail through this account; "
+        "move them to another account or delete them first."
+    ) in html.unescape(response.get_data(as_text=True))
+    assert _count(app) == 1

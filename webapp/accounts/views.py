@@ -180,6 +180,7 @@ def delete(account_pk: int):
     home = url_for("accounts.accounts")
     return delete_and_redirect(
         lambda: account_service.delete_account(account),
+        refused=account_service.AccountInUse,
         done=f"Account {account.account_id} deleted.",
         back=home,
         home=home,

@@ -21,7 +21,7 @@ from webapp.mail.pop3 import check_pop3
 from webapp.mail.presets import OFFICE365, PRESETS
 from webapp.mail.smtp import SmtpLogin, check_smtp
 from webapp.mail.tls import TLS_VERSIONS
-from webapp.models import AuthProfile, EmailAccount, Keystore, KeystoreKind
+from webapp.models import AuthProfile, EmailAccount, EmailListener, Keystore, KeystoreKind
 from webapp.models.types import utcnow
 from webapp.secretbox import SecretError, get_secretbox
 from webapp.services.auth_profiles import oauth_settings, profile_token
@@ -372,7 +372,21 @@ def _current_values(account: EmailAccount) -> dict[str, Any]:
     return {field: getattr(account, field) for field in _PLAIN_FIELDS}
 
 
+class AccountInUse(ValueError):
+    """Deleting an account was refused: listeners still receive mail through it."""
+
+
 def delete_account(account: EmailAccount) -> None:
+    """Delete an account no listener receives through; raises AccountInUse. Cases, messages
+    and case types that name it keep their history and lose the link."""
+    names = sorted(
+        db.session.scalars(select(EmailListener.name).where(EmailListener.account_id == account.id))
+    )
+    if names:
+        raise AccountInUse(
+            f"The listeners {', '.join(names)} receive mail through this account; "
+            "move them to another account or delete them first."
+        )
     db.session.delete(account)
     db.session.flush()
 
