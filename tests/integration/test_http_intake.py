@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import gzip
+
 import pytest
 from sqlalchemy import func, select
 
@@ -99,6 +101,23 @@ def test_wrong_listener_type_or_empty_body_are_refused_with_json(app, client, to
     assert response.status_code == 422
     assert response.json["message"] == "The message was refused: the message is empty."
     assert stored(app) == 0
+
+
+def test_a_compressed_body_is_refused_not_stored(app, client, token, listener_id):
+    url, headers = f"/api/v1/listeners/{listener_id}/messages", token()
+    for encoding in ("gzip", "deflate, gzip"):
+        response = client.post(
+            url,
+            headers={**headers, "Content-Encoding": encoding},
+            data=gzip.compress(message()),
+        )
+        assert response.status_code == 415
+        assert response.json["message"] == (
+            "Send the raw message uncompressed, without a Content-Encoding."
+        )
+    assert stored(app) == 0
+    response = client.post(url, headers={**headers, "Content-Encoding": "identity"}, data=message())
+    assert response.status_code == 202
 
 
 def test_503_with_retry_after_when_the_database_is_unavailable(app_settings, tmp_path):

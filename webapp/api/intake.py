@@ -65,6 +65,13 @@ def intake_message(listener_id: int) -> Response:
         return _error(404, "not_found", f"There is no listener with the ID {listener_id}.")
     if request.mimetype != MIME_TYPE:
         return _error(415, "unsupported_media_type", f"Send the raw message as {MIME_TYPE}.")
+    if (request.content_encoding or "identity").lower() != "identity":
+        # Stored as it came, a compressed body would be quarantined as "not an email message".
+        return _error(
+            415,
+            "unsupported_media_type",
+            "Send the raw message uncompressed, without a Content-Encoding.",
+        )
     raw = _read_limited(listener.max_message_bytes)
     if raw is None:
         return _error(
