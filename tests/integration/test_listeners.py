@@ -93,6 +93,10 @@ def test_a_server_that_does_not_answer_gives_a_text_field_with_a_note(
             {"after_processing": "move", "move_to_folder": "INBOX"},
             "Choose another folder than the one watched.",
         ),
+        (
+            {"after_processing": "move", "move_to_folder": "inbox"},
+            "Choose another folder than the one watched.",
+        ),
         ({"name": ""}, "This field is required."),
     ],
 )

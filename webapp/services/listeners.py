@@ -142,11 +142,17 @@ def listener_errors(listener: EmailListener | None, values: Mapping[str, Any]) -
             )
         elif not move_to:
             errors["move_to_folder"] = "Enter the folder to move processed messages to."
-        elif move_to == folder:
+        elif _same_folder(move_to, folder):
             errors["move_to_folder"] = "Choose another folder than the one watched."
         elif len(move_to) > 255:
             errors["move_to_folder"] = "A folder name has at most 255 characters."
     return errors
+
+
+def _same_folder(one: str, other: str) -> bool:
+    """Whether two IMAP folder names name one folder: INBOX in any case is always INBOX
+    (RFC 3501); servers tell other names apart by case."""
+    return one == other or one.upper() == other.upper() == "INBOX"
 
 
 def save_listener(listener: EmailListener | None, values: Mapping[str, Any]) -> EmailListener:
