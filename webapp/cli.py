@@ -15,11 +15,15 @@ from flask.cli import AppGroup
 from sqlalchemy.exc import OperationalError, SQLAlchemyError
 
 from webapp.extensions import db
+from webapp.ids import MAX_ID, is_id
 from webapp.models import Role
+from webapp.services.listeners import MAX_MESSAGE_BYTES
 
 # sysexits.h: a mail server retries delivery on EX_TEMPFAIL and bounces on EX_DATAERR.
 EX_DATAERR = 65
 EX_TEMPFAIL = 75
+# An ID argument: a number that cannot be a row's ID is a usage error, not a database error.
+ROW_ID = click.IntRange(1, MAX_ID)
 
 users_cli = AppGroup("users", help="Manage users and their API tokens.")
 mail_cli = AppGroup("mail", help="Receive mail from a mail server's pipe.")
@@ -108,7 +112,10 @@ def users_password(email: str) -> None:
 
 @mail_cli.command("ingest")
 @click.option(
-    "--max-size", type=int, default=None, help="Refuse messages larger than this (bytes)."
+    "--max-size",
+    type=click.IntRange(0, MAX_MESSAGE_BYTES),
+    default=None,
+    help="Refuse messages larger than this (bytes, at most 1 GiB as for a listener).",
 )
 @click.option(
     "--listener",
@@ -132,11 +139,15 @@ def mail_ingest(max_size: int | None, listener_id: int | None) -> None:
     )
 
     try:
-        listener = db.session.get(EmailListener, listener_id) if listener_id else None
-        if listener_id and listener is None:
-            _read_message(sys.stdin.buffer, 0)  # to its end, keeping nothing of it
-            click.echo(f"refused: there is no listener with the ID {listener_id}", err=True)
-            sys.exit(EX_DATAERR)
+        listener = None
+        if listener_id is not None:
+            # A number that cannot be an ID names no listener; the database is not asked.
+            if is_id(listener_id):
+                listener = db.session.get(EmailListener, listener_id)
+            if listener is None:
+                _read_message(sys.stdin.buffer, 0)  # to its end, keeping nothing of it
+                click.echo(f"refused: there is no listener with the ID {listener_id}", err=True)
+                sys.exit(EX_DATAERR)
         limit = listener.max_message_bytes if listener is not None else max_size
         db.session.rollback()  # no transaction left open while the mail server writes
         raw, size = _read_message(sys.stdin.buffer, limit)
@@ -182,7 +193,7 @@ def _read_message(stream: BinaryIO, limit: int | None) -> tuple[bytes, int]:
 
 
 @mail_cli.command("replay")
-@click.argument("inbound_id", type=int)
+@click.argument("inbound_id", type=ROW_ID)
 def mail_replay(inbound_id: int) -> None:
     """Ingest a quarantined message again and print what it did."""
     from webapp.services.ingest import IngestError, replay
@@ -472,10 +483,12 @@ def listeners_list() -> None:
 
 
 @listeners_cli.command("run")
-@click.argument("listener_id", type=int)
+@click.argument("listener_id", type=ROW_ID)
 @click.option("--once", is_flag=True, required=True, help="Poll once and exit (required).")
 def listeners_run(listener_id: int, once: bool) -> None:
     """Poll one listener now, synchronously, and print what it did."""
+    from redis.exceptions import RedisError
+
     from webapp.services.receiving import ReceivingError
     from workers.listeners import PollBusy, run_poll
 
@@ -487,6 +500,13 @@ def listeners_run(listener_id: int, once: bool) -> None:
     except PollBusy:
         raise click.ClickException(
             f"Listener {listener_id} is being polled by a worker right now; try again shortly."
+        ) from None
+    except RedisError as exc:
+        # A poll runs only under its listener's lock, which lives in Redis.
+        db.session.rollback()
+        raise click.ClickException(
+            f"The job queue (Redis) is unavailable, so listener {listener_id} cannot be polled "
+            f"now: {exc}"
         ) from None
     click.echo(result.summary())
     for error in result.errors:
@@ -539,7 +559,13 @@ def outbox_send() -> None:
     type=click.Choice(["pending", "sending", "sent", "failed", "held", "uncertain", "cancelled"]),
     help="Only messages with this status.",
 )
-@click.option("--limit", default=50, show_default=True, help="At most this many, newest first.")
+@click.option(
+    "--limit",
+    type=click.IntRange(1, MAX_ID),
+    default=50,
+    show_default=True,
+    help="At most this many, newest first.",
+)
 def outbox_list(status: str | None, limit: int) -> None:
     """List outgoing messages, newest first."""
     from sqlalchemy import select

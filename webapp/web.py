@@ -8,6 +8,7 @@ from werkzeug.exceptions import HTTPException
 
 from webapp.extensions import csrf, db, login_manager
 from webapp.forms.auth import ConfirmForm
+from webapp.ids import IdConverter
 from webapp.models import Role
 from webapp.navigation import add_nav_item, menus, nav_for
 from webapp.security import install_security_headers
@@ -30,6 +31,9 @@ def register_web(app: Flask) -> None:
     from webapp.outbox import bp as outbox_bp
     from webapp.rules import bp as rules_bp
 
+    # Every `<int:...>` stops at the largest ID the database holds, so that a larger number
+    # is a 404 (webapp/ids.py). Set before any blueprint: a rule takes its converters when added.
+    app.url_map.converters["int"] = IdConverter
     login_manager.session_protection = "basic"
     login_manager.unauthorized_handler(_unauthorized)
 

@@ -1,4 +1,5 @@
-"""`flask mail ingest`: a mail server's pipe transport hands us one message on stdin."""
+"""`flask mail ingest`: a mail server's pipe transport hands us one message on stdin; and
+`flask listeners run`, which fetches a listener's mail now."""
 
 from __future__ import annotations
 
@@ -7,10 +8,13 @@ import subprocess
 import sys
 from pathlib import Path
 
-from sqlalchemy import select
+import pytest
+from sqlalchemy import func, select
 
 from tests.fixtures.app import both_databases
 from tests.support.inbound import make_route
+from tests.support.ports import free_port
+from webapp import create_app
 from webapp.extensions import db
 from webapp.models import EmailListener, InboundMessage
 
@@ -124,3 +128,42 @@ def test_broken_headers_are_stored_not_lost(app, runner):
     with app.app_context():
         message = db.session.scalar(select(InboundMessage))
         assert message.raw == raw and message.from_address == ""
+
+
+def _stored(app) -> int:
+    with app.app_context():
+        return db.session.scalar(select(func.count(InboundMessage.id))) or 0
+
+
+@both_databases
+@pytest.mark.parametrize("number", ["0", "-1", "2147483648", "99999999999999999999999"])
+def test_a_listener_id_that_names_no_listener_is_refused_with_exit_65(runner, app, number):
+    """Refused like an unknown listener: nothing is stored and the mail server bounces it."""
+    result = runner.invoke(args=["mail", "ingest", "--listener", number], input=RAW)
+    assert result.exit_code == 65, result.output
+    assert result.output == f"refused: there is no listener with the ID {number}\n"
+    assert _stored(app) == 0
+
+
+@pytest.mark.parametrize("size", ["-5", "1073741825", "99999999999999999999999"])
+def test_a_size_limit_out_of_range_is_a_usage_error(runner, app, size):
+    result = runner.invoke(args=["mail", "ingest", "--max-size", size], input=RAW)
+    assert result.exit_code == 2, result.output
+    assert f"Invalid value for '--max-size': {size} is not in the range 0<=x<=1073741824." in (
+        result.output
+    )
+    assert _stored(app) == 0
+
+
+def test_listeners_run_with_redis_down_says_so_in_one_line(
+    app_settings, make_account, make_listener
+):
+    listener_id = make_listener(make_account(receiver_host="mail.example.invalid"))
+    down = create_app({**app_settings, "REDIS_URL": f"redis://127.0.0.1:{free_port()}/0"})
+    result = down.test_cli_runner().invoke(args=["listeners", "run", str(listener_id), "--once"])
+    assert result.exit_code == 1
+    assert result.output.startswith(
+        f"Error: The job queue (Redis) is unavailable, so listener {listener_id} cannot be "
+        "polled now: "
+    )
+    assert result.output.count("\n") == 1

@@ -11,6 +11,7 @@ from webapp.channels.forms import ChannelForm, RouteForm
 from webapp.extensions import db
 from webapp.forms.auth import ConfirmForm
 from webapp.forms.base import BaseForm
+from webapp.ids import is_id
 from webapp.models import ChannelRoute, EmailChannel, EmailListener
 from webapp.security import admin_required
 from webapp.services import channels as service
@@ -26,7 +27,8 @@ def _channel(channel_id: int) -> EmailChannel:
 
 
 def _route(channel: EmailChannel, route_id: int) -> ChannelRoute:
-    route = db.session.get(ChannelRoute, route_id)
+    # `?edit_route=` is any number; one that cannot be an ID names no route.
+    route = db.session.get(ChannelRoute, route_id) if is_id(route_id) else None
     if route is None or route.channel_id != channel.id:
         abort(404)
     return route

@@ -9,6 +9,7 @@ from wtforms import BooleanField, IntegerField, SelectChoice, SelectField, Strin
 from wtforms.validators import InputRequired, Length, NumberRange
 
 from webapp.forms.base import BaseForm
+from webapp.ids import as_id, as_optional_id
 from webapp.models import EmailAccount, EmailChannel, ServiceEmailRule
 from webapp.services import listeners as service
 
@@ -25,23 +26,32 @@ AFTER_CHOICES = [
 _PROTOCOLS = {"imap": "IMAP", "pop3": "POP3", "graph": "Microsoft Graph"}
 
 
-def _optional_int(value: Any) -> int | None:
-    return int(value) if value not in (None, "", "None") else None
-
-
 class ListenerForm(BaseForm):
     name = StringField("Name", validators=[InputRequired(), Length(max=100)])
-    account_id = SelectField("Email account", coerce=int)
+    # An ID that cannot be one is refused as an unknown one is, before it reaches the database.
+    account_id = SelectField(
+        "Email account",
+        coerce=as_id,
+        invalid_value_message="Choose an email account from the list.",
+        invalid_choice_message="Choose an email account from the list.",
+    )
     folder = StringField(
         "Folder to watch",
         validators=[InputRequired(), Length(max=255)],
         description="The server did not answer with its folders; type the folder name.",
     )
     message_format = SelectField("Message format", choices=FORMAT_CHOICES)
-    rule_id = SelectField("Service email rule", coerce=_optional_int)
+    rule_id = SelectField(
+        "Service email rule",
+        coerce=as_optional_id,
+        invalid_value_message="Choose a service email rule from the list.",
+        invalid_choice_message="Choose a service email rule from the list.",
+    )
     channel_id = SelectField(
         "Or an email channel",
-        coerce=_optional_int,
+        coerce=as_optional_id,
+        invalid_value_message="Choose an email channel from the list.",
+        invalid_choice_message="Choose an email channel from the list.",
         description="A channel routes each message by its sender, subject, … Pick a rule or "
         "a channel, not both.",
     )
