@@ -198,6 +198,16 @@ def test_editing_keeps_the_listener_and_delete_keeps_its_messages(
         account = db.session.get(EmailListener, listener_id).account_id
     assert _post(client, path, _fields(account, name="Orders desk")).status_code == 302
     assert "Orders desk" in client.get("/admin/listeners").get_data(as_text=True)
+    # Its message still waits to be ingested: the listener stays until it has been.
+    response = client.post(
+        f"{path}/delete", data={"csrf_token": csrf_token(client, path)}, follow_redirects=True
+    )
+    assert (
+        "1 message this listener stored is still waiting to be ingested. Disable the listener, "
+        "and delete it once the workers have ingested them."
+    ) in response.get_data(as_text=True)
+    assert _count(app) == 1
+    assert run_worker(app, [INBOUND], burst=True) is True
     client.post(f"{path}/delete", data={"csrf_token": csrf_token(client, path)})
     assert _count(app) == 0
     with app.app_context():

@@ -5,6 +5,7 @@ from sqlalchemy import select
 
 from webapp.extensions import db
 from webapp.forms.auth import ConfirmForm
+from webapp.ids import as_id
 from webapp.listeners import bp
 from webapp.listeners.forms import ListenerFolderForm, ListenerForm
 from webapp.mail.connect import ConnectivityError
@@ -43,7 +44,7 @@ def _account_for_form(
     if wanted is None:
         return accounts[0] if accounts else None
     try:
-        return db.session.get(EmailAccount, int(wanted))
+        return db.session.get(EmailAccount, as_id(wanted))
     except ValueError:
         return None
 
@@ -155,6 +156,7 @@ def delete(listener_pk: int):
     home = url_for("listeners.listeners")
     return delete_and_redirect(
         lambda: service.delete_listener(listener),
+        refused=service.ListenerInUse,
         done=f"Listener {listener.name} deleted. The messages it stored are kept.",
         back=home,
         home=home,

@@ -181,7 +181,26 @@ def save_listener(listener: EmailListener | None, values: Mapping[str, Any]) -> 
     return listener
 
 
+class ListenerInUse(ValueError):
+    """Deleting a listener was refused: messages it stored still wait to be ingested."""
+
+
 def delete_listener(listener: EmailListener) -> None:
+    """Delete a listener whose stored messages have all been ingested; raises ListenerInUse.
+    The messages stay, without their listener. One still waiting would be left with no rule to
+    ingest it through, so the listener stays until the workers are done with them."""
+    waiting = db.session.scalar(
+        select(func.count(InboundMessage.id)).where(
+            InboundMessage.listener_id == listener.id,
+            InboundMessage.status == InboundStatus.RECEIVED.value,
+        )
+    )
+    if waiting:
+        raise ListenerInUse(
+            f"{waiting} message{'s' if waiting != 1 else ''} this listener stored "
+            f"{'are' if waiting != 1 else 'is'} still waiting to be ingested. Disable the "
+            "listener, and delete it once the workers have ingested them."
+        )
     db.session.delete(listener)
     db.session.flush()
 
