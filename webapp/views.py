@@ -4,11 +4,21 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
-from flask import abort, flash, redirect
+from flask import abort, flash, redirect, request
 from werkzeug.wrappers import Response
 
 from webapp.extensions import db
 from webapp.forms.auth import ConfirmForm
+
+# A page number past this shows an empty page; a larger one would overflow the query's OFFSET.
+MAX_PAGE_NUMBER = 1_000_000
+
+
+def page_number() -> int:
+    """The list page asked for by `?page=`: 1 when missing or not a number, at most
+    MAX_PAGE_NUMBER."""
+    number = request.args.get("page", 1, type=int) or 1
+    return min(max(number, 1), MAX_PAGE_NUMBER)
 
 
 def delete_and_redirect(

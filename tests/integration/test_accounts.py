@@ -294,3 +294,13 @@ def test_an_account_a_listener_receives_through_is_not_deleted(
         "move them to another account or delete them first."
     ) in html.unescape(response.get_data(as_text=True))
     assert _count(app) == 1
+
+
+@both_databases
+def test_a_keystore_choice_past_the_id_range_is_refused_not_a_crash(app, client, login_as):
+    login_as("admin")
+    for field in ("smtp_truststore_id", "signing_keystore_id", "receiver_truststore_id"):
+        for number in ("2147483648", "99999999999999999999999"):
+            response = _post(client, FULL, _full_fields(**{field: number}))
+            assert response.status_code == 400, (field, number)
+    assert _count(app) == 0

@@ -8,8 +8,10 @@ import pytest
 from rq import Queue
 from sqlalchemy import func, select
 
-from tests.fixtures.app import both_databases, csrf_token
+from tests.fixtures.app import AuthActions, both_databases, csrf_token
 from tests.fixtures.listeners import make_raw
+from tests.support.ports import free_port
+from webapp import create_app
 from webapp.extensions import db, get_redis
 from webapp.models import EmailListener, InboundMessage
 from webapp.models.types import utcnow
@@ -295,3 +297,18 @@ def test_idle_news_enqueues_one_poll_however_often_it_comes(
         enqueue_poll(listener_id)
         enqueue_poll(listener_id)
     assert Queue(INBOUND, connection=redis_client).job_ids == [poll_job_id(listener_id)]
+
+
+def test_poll_now_with_redis_down_says_so(app_settings, make_user, make_account, make_listener):
+    listener_id = make_listener(make_account(receiver_host="mail.example.invalid"), name="Orders")
+    down = create_app({**app_settings, "REDIS_URL": f"redis://127.0.0.1:{free_port()}/0"})
+    client = down.test_client()
+    assert AuthActions(client).login(make_user("admin").email).status_code == 302
+    page = f"/admin/listeners/{listener_id}"
+    response = client.post(
+        f"{page}/poll", data={"csrf_token": csrf_token(client, page)}, follow_redirects=True
+    )
+    assert response.status_code == 200
+    assert "The job queue (Redis) is unavailable, so Orders cannot be polled now." in (
+        response.get_data(as_text=True)
+    )

@@ -11,7 +11,7 @@ from sqlalchemy import func, select
 from tests.fixtures.app import both_databases, csrf_token
 from tests.support.inbound import make_route, message
 from webapp.extensions import db
-from webapp.models import EmailListener, InboundMessage, User
+from webapp.models import ChannelRoute, EmailListener, InboundMessage, User
 from webapp.services import channels as channel_service
 from webapp.services.users import issue_api_token
 
@@ -117,14 +117,58 @@ def test_a_listener_form_value_past_the_range_is_refused_beside_its_field(
         assert db.session.scalar(select(func.count(EmailListener.id))) == 0
 
 
-@both_databases
-def test_editing_a_route_past_the_range_is_not_found(app, client, login_as):
+def _channel_page(app) -> str:
+    """The page of a new channel with no routes."""
     with app.app_context():
         channel = channel_service.save_channel(
             None, name="Triage", mode="first", default_kind="ignore"
         )
         db.session.commit()
-        page = f"/admin/channels/{channel.id}"
+        return f"/admin/channels/{channel.id}"
+
+
+@both_databases
+def test_a_channel_target_past_the_range_is_refused_beside_its_field(
+    app, client, login_as, make_account, make_case_type
+):
+    make_route(app, make_account(), make_case_type())
+    page = _channel_page(app)
+    login_as("admin")
+    for number in TOO_LARGE:
+        for field, target in (("target_rule", "rule"), ("target_case_type", "case_type")):
+            data = {
+                "conditions": "subject contains invoice",
+                "target": target,
+                field: number,
+                "csrf_token": csrf_token(client, page),
+            }
+            response = client.post(f"{page}/routes", data=data)
+            assert response.status_code == 400
+            refusal = "Choose a rule" if target == "rule" else "Choose a case type"
+            assert response.get_data(as_text=True).count(f"{refusal} from the list.") == 1
+    with app.app_context():
+        assert db.session.scalar(select(func.count(ChannelRoute.id))) == 0
+
+
+@both_databases
+@pytest.mark.parametrize(
+    "path",
+    [
+        "/cases/?assignee={}",
+        "/cases/mine?assignee={}",
+        "/admin/inbox/?page={}",
+        "/admin/outbox/?page={}",
+    ],
+)
+def test_a_list_asked_for_a_number_past_the_range_shows_a_page(app, client, login_as, path):
+    login_as("admin")
+    for number in TOO_LARGE:
+        assert client.get(path.format(number)).status_code == 200
+
+
+@both_databases
+def test_editing_a_route_past_the_range_is_not_found(app, client, login_as):
+    page = _channel_page(app)
     login_as("admin")
     assert client.get(page).status_code == 200
     for number in TOO_LARGE:

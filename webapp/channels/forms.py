@@ -3,12 +3,11 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Any
 
 from wtforms import SelectChoice, SelectField, StringField, SubmitField, TextAreaField
 from wtforms.validators import DataRequired, Length
 
-from webapp.forms.base import BaseForm
+from webapp.forms.base import BaseForm, row_select
 from webapp.models import CaseType, ServiceEmailRule
 
 MODES = [
@@ -21,10 +20,6 @@ KINDS = [
     SelectChoice("rule", "A service email rule"),
     SelectChoice("case_type", "A case type (a new case, no field mappings)"),
 ]
-
-
-def _optional_int(value: Any) -> int | None:
-    return int(value) if value not in (None, "", "None") else None
 
 
 def _rule_choices(rules: Sequence[ServiceEmailRule]) -> list[SelectChoice]:
@@ -48,9 +43,9 @@ class ChannelForm(BaseForm):
         choices=KINDS,
         description="Where a message goes when no route matches.",
     )
-    default_rule = SelectField("Default rule", coerce=_optional_int, description="For “A rule”.")
-    default_case_type = SelectField(
-        "Default case type", coerce=_optional_int, description="For “A case type”."
+    default_rule = row_select("Default rule", choose="a rule", description="For “A rule”.")
+    default_case_type = row_select(
+        "Default case type", choose="a case type", description="For “A case type”."
     )
     submit = SubmitField("Save channel")
 
@@ -67,9 +62,9 @@ class RouteForm(BaseForm):
         description="One a line, all must hold: what to look at, how, and the text.",
     )
     target = SelectField("Then", choices=KINDS)
-    target_rule = SelectField("Rule", coerce=_optional_int, description="For “A rule”.")
-    target_case_type = SelectField(
-        "Case type", coerce=_optional_int, description="For “A case type”."
+    target_rule = row_select("Rule", choose="a rule", description="For “A rule”.")
+    target_case_type = row_select(
+        "Case type", choose="a case type", description="For “A case type”."
     )
     submit = SubmitField("Add route")
 

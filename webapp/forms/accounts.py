@@ -18,7 +18,7 @@ from wtforms import (
 )
 from wtforms.validators import DataRequired, Email, Length, NumberRange, Optional, ValidationError
 
-from webapp.forms.base import BaseForm
+from webapp.forms.base import BaseForm, row_select
 from webapp.mail import advanced
 from webapp.mail.presets import PRESETS
 from webapp.models import AuthProfile, Keystore, KeystoreKind
@@ -63,12 +63,6 @@ KEYSTORE_KIND_CHOICES = [SelectChoice(k.value, k.label) for k in KeystoreKind]
 PORT = [Optional(), NumberRange(min=1, max=65535, message="The port is a number from 1 to 65535.")]
 HOST = [Optional(), Length(max=255)]
 ADDRESS = [Optional(), Email(), Length(max=320)]
-
-
-def _optional_int(value: Any) -> int | None:
-    if value in (None, "", "None"):
-        return None
-    return int(value)
 
 
 def profile_choices(profiles: list[AuthProfile], blank: str) -> list[SelectChoice]:
@@ -124,14 +118,14 @@ class AccountForm(BaseForm):
         "Use secure connection", choices=SMTP_SECURITY_CHOICES, default="starttls"
     )
     smtp_tls_min = SelectField("Lowest allowable TLS version", choices=TLS_CHOICES, default="1.2")
-    smtp_truststore_id = SelectField("Truststore", coerce=_optional_int)
+    smtp_truststore_id = row_select("Truststore", choose="a truststore")
     smtp_auth = SelectField("Authenticate using", choices=SMTP_AUTH_CHOICES, default="password")
-    sender_auth_profile_id = SelectField(
+    sender_auth_profile_id = row_select(
         "OAuth 2.0 profile",
-        coerce=_optional_int,
+        choose="an OAuth 2.0 profile",
         description="For XOAUTH2 and for sending with Microsoft Graph.",
     )
-    signing_keystore_id = SelectField("Signing keystore", coerce=_optional_int)
+    signing_keystore_id = row_select("Signing keystore", choose="a keystore")
     signing_alias = StringField(
         "Signing alias",
         validators=[Optional(), Length(max=200)],
@@ -171,7 +165,7 @@ class AccountForm(BaseForm):
     receiver_tls_min = SelectField(
         "Receiver lowest allowable TLS version", choices=TLS_CHOICES, default="1.2"
     )
-    receiver_truststore_id = SelectField("Receiver truststore", coerce=_optional_int)
+    receiver_truststore_id = row_select("Receiver truststore", choose="a truststore")
     receiver_advanced = _Overrides(
         "Receiver advanced settings",
         supported=advanced.RECEIVER_KEYS,
@@ -180,9 +174,9 @@ class AccountForm(BaseForm):
     graph_receiver_upn = StringField(
         "Mailbox user principal name", validators=[Optional(), Length(max=320)]
     )
-    receiver_auth_profile_id = SelectField(
+    receiver_auth_profile_id = row_select(
         "Receiver OAuth 2.0 profile",
-        coerce=_optional_int,
+        choose="an OAuth 2.0 profile",
         description="For XOAUTH2 and for receiving with Microsoft Graph.",
     )
     require_authenticated_replies = BooleanField(
@@ -239,9 +233,9 @@ class QuickAccountForm(BaseForm):
     provider = AccountForm.provider
     email = EmailField("Email address", validators=[DataRequired(), Email(), Length(max=320)])
     password = PasswordField("Password", validators=[Optional(), Length(max=1000)])
-    auth_profile_id = SelectField(
+    auth_profile_id = row_select(
         "or OAuth 2.0 profile",
-        coerce=_optional_int,
+        choose="an OAuth 2.0 profile",
         description="Instead of a password: tokens from this profile (XOAUTH2).",
     )
     smtp_host = StringField("SMTP host", validators=HOST)
@@ -350,9 +344,9 @@ class AuthProfileForm(BaseForm):
         "the stored key.",
     )
     impersonate = StringField("User to impersonate", validators=[Optional(), Length(max=320)])
-    truststore_id = SelectField(
+    truststore_id = row_select(
         "Truststore",
-        coerce=_optional_int,
+        choose="a truststore",
         description="CAs trusted for the authority's HTTPS; blank uses the public CAs bundled "
         "with Casemail.",
     )

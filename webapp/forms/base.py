@@ -6,7 +6,9 @@ from typing import Any
 
 from flask_wtf import FlaskForm
 from flask_wtf.file import FileField as FlaskFileField
-from wtforms import FieldList, FileField, FormField, PasswordField
+from wtforms import FieldList, FileField, FormField, PasswordField, SelectField
+
+from webapp.ids import as_id, as_optional_id
 
 _UNFILTERED = (PasswordField, FileField, FlaskFileField, FieldList, FormField)
 
@@ -26,6 +28,20 @@ class BaseForm(FlaskForm):
                 return unbound_field.bind(form=form, **options)
             filters = (_strip, *unbound_field.kwargs.get("filters", ()))
             return unbound_field.bind(form=form, filters=filters, **options)
+
+
+def row_select(label: str, *, choose: str, optional: bool = True, **kwargs: Any) -> SelectField:
+    """A select of rows by their IDs (empty for none when `optional`). A value that is not one
+    of its choices, or cannot be an ID at all, is refused with "Choose <choose> from the list."
+    before it reaches the database."""
+    refusal = f"Choose {choose} from the list."
+    return SelectField(
+        label,
+        coerce=as_optional_id if optional else as_id,
+        invalid_value_message=refusal,
+        invalid_choice_message=refusal,
+        **kwargs,
+    )
 
 
 # Addresses under .test, .local and .localhost are normal for on-premises and test mail

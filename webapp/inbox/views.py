@@ -13,6 +13,7 @@ from webapp.mail.sanitize import sanitize_html
 from webapp.models import Case, InboundMessage, InboundStatus
 from webapp.security import admin_required
 from webapp.services.ingest import IngestError, replay
+from webapp.views import page_number
 
 PER_PAGE = 50
 STATUSES = [s.value for s in InboundStatus]
@@ -39,6 +40,7 @@ def messages():
     quarantine_first = case((InboundMessage.status == InboundStatus.QUARANTINED.value, 0), else_=1)
     page = db.paginate(
         stmt.order_by(quarantine_first, InboundMessage.id.desc()),
+        page=page_number(),
         per_page=PER_PAGE,
         error_out=False,
     )

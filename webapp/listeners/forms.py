@@ -8,8 +8,7 @@ from typing import Any
 from wtforms import BooleanField, IntegerField, SelectChoice, SelectField, StringField, SubmitField
 from wtforms.validators import InputRequired, Length, NumberRange
 
-from webapp.forms.base import BaseForm
-from webapp.ids import as_id, as_optional_id
+from webapp.forms.base import BaseForm, row_select
 from webapp.models import EmailAccount, EmailChannel, ServiceEmailRule
 from webapp.services import listeners as service
 
@@ -28,30 +27,17 @@ _PROTOCOLS = {"imap": "IMAP", "pop3": "POP3", "graph": "Microsoft Graph"}
 
 class ListenerForm(BaseForm):
     name = StringField("Name", validators=[InputRequired(), Length(max=100)])
-    # An ID that cannot be one is refused as an unknown one is, before it reaches the database.
-    account_id = SelectField(
-        "Email account",
-        coerce=as_id,
-        invalid_value_message="Choose an email account from the list.",
-        invalid_choice_message="Choose an email account from the list.",
-    )
+    account_id = row_select("Email account", choose="an email account", optional=False)
     folder = StringField(
         "Folder to watch",
         validators=[InputRequired(), Length(max=255)],
         description="The server did not answer with its folders; type the folder name.",
     )
     message_format = SelectField("Message format", choices=FORMAT_CHOICES)
-    rule_id = SelectField(
-        "Service email rule",
-        coerce=as_optional_id,
-        invalid_value_message="Choose a service email rule from the list.",
-        invalid_choice_message="Choose a service email rule from the list.",
-    )
-    channel_id = SelectField(
+    rule_id = row_select("Service email rule", choose="a service email rule")
+    channel_id = row_select(
         "Or an email channel",
-        coerce=as_optional_id,
-        invalid_value_message="Choose an email channel from the list.",
-        invalid_choice_message="Choose an email channel from the list.",
+        choose="an email channel",
         description="A channel routes each message by its sender, subject, … Pick a rule or "
         "a channel, not both.",
     )

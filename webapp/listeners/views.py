@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 from flask import abort, flash, redirect, render_template, request, url_for
+from redis.exceptions import RedisError
 from sqlalchemy import select
 
 from webapp.extensions import db
@@ -141,6 +142,10 @@ def poll_now(listener_pk: int):
     except ReceivingError as exc:
         db.session.rollback()
         flash(str(exc), "danger")
+    except RedisError:
+        # A poll runs only under its listener's lock, which lives in Redis.
+        db.session.rollback()
+        flash(f"The job queue (Redis) is unavailable, so {name} cannot be polled now.", "danger")
     else:
         if result.ok:
             flash(f"Polled {name}: {result.summary()}.", "success")

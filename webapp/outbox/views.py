@@ -13,6 +13,7 @@ from webapp.models.types import utcnow
 from webapp.outbox import bp
 from webapp.security import admin_required
 from webapp.services import outbox as service
+from webapp.views import page_number
 
 PER_PAGE = 50
 STATUSES = [s.value for s in OutboundStatus]
@@ -30,7 +31,12 @@ def messages():
         stmt = stmt.where(OutboundMessage.status == status)
     else:
         status = ""
-    page = db.paginate(stmt.order_by(OutboundMessage.id.desc()), per_page=PER_PAGE, error_out=False)
+    page = db.paginate(
+        stmt.order_by(OutboundMessage.id.desc()),
+        page=page_number(),
+        per_page=PER_PAGE,
+        error_out=False,
+    )
     return render_template(
         "outbox/index.html",
         page=page,
