@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import time
 
 import pytest
 from sqlalchemy import func, select
@@ -33,11 +34,15 @@ def setup(app, make_account, make_case_type):
     return {"account": account_id, "type": type_id, "rule": rule_id, "listener": listener_id}
 
 
-def _channel(app, setup, mode: str = "first", default: str = "quarantine") -> int:
+def _channel(
+    app, setup, mode: str = "first", default: str = "quarantine", default_id: int | None = None
+) -> int:
     """A channel: newsletters ignored, SPAM headers quarantined, taxi subjects to the rule,
     mail from example.org opens a plain expense case; the listener routes through it."""
     with app.app_context():
-        channel = service.save_channel(None, name="Triage", mode=mode, default_kind=default)
+        channel = service.save_channel(
+            None, name="Triage", mode=mode, default_kind=default, default_id=default_id
+        )
         service.add_route(
             channel, service.parse_condition_lines("subject contains newsletter"), "ignore", None
         )
@@ -131,6 +136,43 @@ def test_all_matches_mode_opens_one_case_and_records_the_other_matches(app, setu
     assert any(n.startswith("Also matched, not followed: Route 4 matched") for n in notes)
     with app.app_context():
         assert db.session.scalar(select(func.count()).select_from(Case)) == 1
+
+
+SLOW_REASON = (
+    "Quarantined by the channel Triage: Route 5 could not be checked: the expression "
+    "“^(a|a)+$” on the subject took longer than 0.2 seconds on this message and was stopped. "
+    "Simplify the expression, then replay the message."
+)
+
+
+def _slow_route(app, channel_id: int, rule_id: int) -> None:
+    """A fifth route whose expression takes exponential time on a run of a's and a "!"."""
+    with app.app_context():
+        channel = db.session.get(EmailChannel, channel_id)
+        conditions = service.parse_condition_lines("subject regex ^(a|a)+$")
+        service.add_route(channel, conditions, "rule", rule_id)
+        db.session.commit()
+
+
+@both_databases
+def test_a_condition_that_takes_too_long_quarantines_the_message(app, setup):
+    channel_id = _channel(app, setup, default="case_type", default_id=setup["type"])
+    _slow_route(app, channel_id, setup["rule"])
+    # Exponential: re took seconds on 26 characters, and four times longer for every two more.
+    raw = message(subject="a" * 26 + "!")
+    started = time.monotonic()
+    inbound = _ingest(app, raw, setup["listener"])
+    assert time.monotonic() - started < 2
+    assert inbound.status == "quarantined" and inbound.case_id is None
+    assert inbound.status_reason == SLOW_REASON
+    assert {"step": "channel", "note": SLOW_REASON.split(": ", 1)[1]} in inbound.decisions
+    # The default route was not taken; text the expression answers at once routes as ever.
+    quick = _ingest(app, message(subject="aaaa", message_id="<m2@x.test>"), setup["listener"])
+    assert quick.status == "processed"
+    assert {
+        "step": "channel",
+        "note": "Route 5 matched (the subject matches “^(a|a)+$”): the rule Expenses by email.",
+    } in quick.decisions
 
 
 @both_databases
@@ -281,6 +323,27 @@ def test_the_rule_tester_shows_the_channel_routing_and_saves_nothing(app, client
     assert test(message(), channel_id="", rule_id="").status_code == 400
     with app.app_context():
         assert db.session.scalar(select(func.count()).select_from(Case)) == 0
+
+
+def test_the_rule_tester_stops_a_condition_that_takes_too_long(app, client, login_as, setup):
+    channel_id = _channel(app, setup)
+    _slow_route(app, channel_id, setup["rule"])
+    login_as("admin")
+    token = csrf_token(client, "/admin/rules/test")
+    started = time.monotonic()
+    response = client.post(
+        "/admin/rules/test",
+        data={
+            "csrf_token": token,
+            "channel_id": str(channel_id),
+            "message": (io.BytesIO(message(subject="a" * 26 + "!")), "m.eml"),
+        },
+        content_type="multipart/form-data",
+    )
+    assert time.monotonic() - started < 2
+    page = response.get_data(as_text=True)
+    assert response.status_code == 200
+    assert "Quarantine" in page and SLOW_REASON in page
 
 
 @both_databases

@@ -2,16 +2,19 @@
 
 from __future__ import annotations
 
+import html
 import io
+import time
 from pathlib import Path
 
 import pytest
 from sqlalchemy import func, select
 
-from tests.fixtures.app import csrf_token
-from tests.support.inbound import message
+from tests.fixtures.app import both_databases, csrf_token
+from tests.support.inbound import load, message, store
 from webapp.extensions import db
-from webapp.models import Case, InboundMessage, OutboundMessage, ServiceEmailRule
+from webapp.models import Case, EmailListener, InboundMessage, OutboundMessage, ServiceEmailRule
+from webapp.services.ingest import ingest_message
 from webapp.services.rules import RuleData, RuleError, save_rule
 
 GOLDEN = Path(__file__).resolve().parents[1] / "golden" / "inbound"
@@ -136,6 +139,149 @@ def test_the_rule_tester_shows_what_would_happen_and_changes_nothing(
     with app.app_context():
         for model in (Case, InboundMessage, OutboundMessage):
             assert db.session.scalar(select(func.count()).select_from(model)) == 0
+
+
+SLOW_NOTES = "notes body_regex ^(?P<notes>(a|a)+)$"  # exponential on "aaa…a!"
+SLOW_REASON = (
+    "A mapped field does not fit: Notes: the body expression for notes took longer than 0.2 "
+    "seconds on this message and was stopped. Simplify it in the rule Expenses by email, then "
+    "replay the message."
+)
+
+
+@both_databases
+def test_a_mapping_expression_that_takes_too_long_quarantines_the_message(
+    app, client, login_as, make_case_type, make_account
+):
+    login_as("admin")
+    type_id = make_case_type()
+    mappings = f"amount body_key Amount\n{SLOW_NOTES}"
+    assert _post(client, "/admin/rules/new", _form(type_id, mappings=mappings)).status_code == 302
+    with app.app_context():
+        rule_id = db.session.scalar(select(ServiceEmailRule.id))
+        listener = EmailListener(name="Expenses", account_id=make_account(), rule_id=rule_id)
+        db.session.add(listener)
+        db.session.commit()
+        listener_id = listener.id
+    # Exponential: re took seconds on 26 characters, and four times longer for every two more.
+    raw = message(body="Amount: 42.50\n" + "a" * 26 + "!\n")
+
+    started = time.monotonic()
+    page = _test_message(client, rule_id, raw).get_data(as_text=True)
+    assert time.monotonic() - started < 2
+    assert "Quarantine" in page and SLOW_REASON in page
+
+    inbound_id = store(app, raw, listener_id)
+    started = time.monotonic()
+    with app.app_context():
+        ingest_message(inbound_id)
+        db.session.commit()
+    assert time.monotonic() - started < 2
+    inbound = load(app, inbound_id)
+    assert inbound.status == "quarantined" and inbound.case_id is None
+    assert inbound.status_reason == SLOW_REASON
+
+
+def test_nested_repeats_in_a_mapping_are_answered_at_once(app, client, login_as, make_case_type):
+    login_as("admin")
+    type_id = make_case_type()
+    mappings = "amount body_key Amount\nnotes body_regex ^(?P<notes>(a+)+)$"
+    assert _post(client, "/admin/rules/new", _form(type_id, mappings=mappings)).status_code == 302
+    with app.app_context():
+        rule_id = db.session.scalar(select(ServiceEmailRule.id))
+    started = time.monotonic()
+    page = _test_message(client, rule_id, message(body="Amount: 1\n" + "a" * 30 + "!\n"))
+    assert time.monotonic() - started < 2
+    assert "Opens a new case." in page.get_data(as_text=True)
+    page = _test_message(client, rule_id, message(body="Amount: 1\n" + "a" * 30 + "\n"))
+    assert "<td>" + "a" * 30 + "</td>" in page.get_data(as_text=True)  # the converted value
+
+
+@pytest.mark.parametrize("control", ["\x1b[31m", "\x00", "\x7f", "\x07"])
+def test_control_characters_in_the_acknowledgement_subject_are_refused(
+    app, client, login_as, make_case_type, control
+):
+    login_as("admin")
+    type_id = make_case_type()
+    subject = f"Thanks{control} {{{{ case_id }}}}"
+    response = _post(client, "/admin/rules/new", _form(type_id, send_ack="y", ack_subject=subject))
+    assert response.status_code == 400
+    assert (
+        "The subject must be a single line without control characters. Remove them (pasted "
+        "text can carry them)."
+    ) in response.get_data(as_text=True)
+    with app.app_context():
+        assert db.session.scalar(select(func.count()).select_from(ServiceEmailRule)) == 0
+
+
+def test_line_breaks_in_the_acknowledgement_subject_become_spaces(
+    app, client, login_as, make_case_type
+):
+    login_as("admin")
+    subject = "Thanks\r\nBcc: evil@example.com {{ case_id }}"
+    form = _form(make_case_type(), send_ack="y", ack_subject=subject)
+    assert _post(client, "/admin/rules/new", form).status_code == 302
+    with app.app_context():
+        rule = db.session.scalar(select(ServiceEmailRule))
+        assert rule.ack_subject == "Thanks Bcc: evil@example.com {{ case_id }}"
+
+
+ACK_NAMES = (
+    "{{ case_id }}, {{ subject }}, {{ requester }}, {{ amount }}, {{ expense_date }}, "
+    "{{ category }}, {{ manager_email }}, {{ notes }}"
+)
+
+
+@pytest.mark.parametrize(
+    ("field", "text", "error"),
+    [
+        (
+            "ack_subject",
+            "Got {{ amonut }} at {{ stage }} for {{ case_type }}",
+            "Unknown placeholder {{ amonut }}, {{ stage }}, {{ case_type }}: "
+            f"use one of: {ACK_NAMES}.",
+        ),
+        (
+            "ack_subject",
+            "Received {{ case_id",
+            "“{{ case_id” is not a placeholder (write {{ name }}, with both pairs of braces): "
+            f"use one of: {ACK_NAMES}.",
+        ),
+        (
+            "ack_subject",
+            "Got {{ amonut }} for {{ case_id",
+            "Unknown placeholder {{ amonut }}; “{{ case_id” is not a placeholder (write "
+            f"{{{{ name }}}}, with both pairs of braces): use one of: {ACK_NAMES}.",
+        ),
+        (
+            "ack_body",
+            "Dear {{ requestor }}, case {{ case_id }} is open.",
+            f"Unknown placeholder {{{{ requestor }}}}: use one of: {ACK_NAMES}.",
+        ),
+        (
+            "ack_body",
+            "Your case {{ case id }} is open.\nYour case {{case_id} is open.",
+            "“{{ case id }}”, “{{case_id}” are not placeholders (write {{ name }}, with both "
+            f"pairs of braces): use one of: {ACK_NAMES}.",
+        ),
+    ],
+)
+def test_acknowledgement_placeholders_are_checked_on_save(
+    app, client, login_as, make_case_type, field, text, error
+):
+    login_as("admin")
+    form = _form(make_case_type(), send_ack="y", **{"ack_subject": "Thanks", field: text})
+    response = _post(client, "/admin/rules/new", form)
+    assert response.status_code == 400
+    assert html.escape(error, quote=False) in response.get_data(as_text=True)
+    good = _form(
+        make_case_type("Travel", "TRV"),
+        name="Travel",
+        send_ack="y",
+        ack_subject="Got {{ amount }} for {{ case_id }}",
+        ack_body="Dear {{ requester }}, {{ subject }} is {{ case_id }}: {{ notes }}",
+    )
+    assert _post(client, "/admin/rules/new", good).status_code == 302
 
 
 def test_the_rule_tester_asks_for_a_file(client, login_as, make_case_type):

@@ -39,6 +39,7 @@ __all__ = [
     "OutboundError",
     "OutboundSpec",
     "build_outbound",
+    "header_text",
     "message_bytes",
     "outbound_bytes",
 ]
@@ -259,7 +260,7 @@ def _headers(spec: OutboundSpec) -> list[_Header]:
         headers.append(_Header("Cc", cc))
     if spec.reply_to is not None:
         headers.append(_Header("Reply-To", [_mailbox("Reply-To", spec.reply_to)]))
-    headers.append(_Header("Subject", _header_text("Subject", spec.subject), typed=True))
+    headers.append(_Header("Subject", header_text("Subject", spec.subject), typed=True))
     date = spec.date or datetime.now(UTC)
     if date.tzinfo is None:
         raise OutboundError("The message date must carry a time zone.")
@@ -364,8 +365,12 @@ def _single_line(field: str, value: str) -> str:
     return value
 
 
-def _header_text(field: str, value: str) -> str:
-    """`value`, checked to be one line of text; raises HeaderValueError."""
+def header_text(field: str, value: str) -> str:
+    """`value`, checked to be one line of text; raises HeaderValueError naming `field`.
+
+    Forms check here the header text they store (an acknowledgement's subject), so that what
+    is saved is what a message can be built with.
+    """
     return _single_line(field, value)
 
 
@@ -492,7 +497,7 @@ def _casemail_headers(spec: OutboundSpec) -> list[_Header]:
             raise HeaderValueError(
                 f"Header name {name[:80]!r} is not an X-Casemail-* name this message may carry."
             )
-        headers.append(_Header(name, _header_text(name, value), typed=True))
+        headers.append(_Header(name, header_text(name, value), typed=True))
     return headers
 
 

@@ -3,14 +3,23 @@
 Pure: conditions are checked against a ParsedMessage, nothing is read or written elsewhere.
 A condition is a dict {"field", "op", "value"} (plus "header" when field is "header"); every
 condition of a route must hold for the route to match. What matched is kept as a sentence.
+
+Admins write the regular expressions; senders write the text they are searched in. Some
+expressions take exponential time on some text (`^(a|a)+$` against forty a's and a "!"), and
+the standard library's `re` cannot be stopped once it has started. So every admin-written
+expression (channel conditions here, rule mappings in services/rules.py) is searched with the
+`regex` package, which stops after PATTERN_TIMEOUT, over text cut to MAX_SEARCHED_CHARS.
 """
 
 from __future__ import annotations
 
 import re
-from collections.abc import Mapping, Sequence
+import time
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
+
+import regex
 
 from webapp.mail.parse import ParsedMessage
 
@@ -33,13 +42,63 @@ RULE = "rule"
 TARGET_KINDS = (CASE_TYPE, RULE, IGNORE, QUARANTINE)
 MAX_VALUE = 500
 MAX_CONDITIONS = 20
-# A body is searched only this far: a regex over megabytes of text would stall ingest.
-MAX_BODY_CHARS = 200_000
+# Text is searched only this far: even a quick expression over megabytes would stall ingest.
+MAX_SEARCHED_CHARS = 200_000
+# Seconds one expression may take over the text of one message (all of its candidates). Sane
+# expressions take a few milliseconds over MAX_SEARCHED_CHARS; a message costs at most this
+# much per expression of its rule or channel, however its sender wrote it.
+PATTERN_TIMEOUT = 0.2
 _HEADER_NAME = re.compile(r"^[!-9;-~]{1,100}$")
 
 
 class RoutingError(ValueError):
     """A condition or route is not valid; the message says which and why."""
+
+
+class PatternTimeout(Exception):
+    """An expression took longer than PATTERN_TIMEOUT on a message's text and was stopped."""
+
+
+def compile_pattern(
+    value: str, *, ignore_case: bool = False, multiline: bool = False
+) -> regex.Pattern[str]:
+    """`value` compiled for `first_match`; raises re.error when `re` refuses it.
+
+    The syntax is `re`'s, as it always was: `regex` alone would accept more (`\\p{L}`), and its
+    VERSION0 reads what both accept as `re` does, but for two spellings that mean something
+    else to `re`: error counts such as `{e<=1}` (plain text to `re`) and classes such as
+    `[[:digit:]]` (a set of those letters to `re`).
+    """
+    re.compile(value, (re.IGNORECASE if ignore_case else 0) | (re.MULTILINE if multiline else 0))
+    flags = regex.VERSION0
+    if ignore_case:
+        flags |= regex.IGNORECASE
+    if multiline:
+        flags |= regex.MULTILINE
+    try:
+        return regex.compile(value, flags)
+    except regex.error as exc:
+        raise re.error(str(exc)) from None
+
+
+def first_match(pattern: regex.Pattern[str], texts: Iterable[str]) -> regex.Match[str] | None:
+    """The first match of `pattern` in `texts`, each cut to MAX_SEARCHED_CHARS, or None.
+
+    Raises PatternTimeout when searching them all takes longer than PATTERN_TIMEOUT.
+    """
+    stopped = f"took longer than {PATTERN_TIMEOUT:g} seconds on this message and was stopped"
+    deadline = time.monotonic() + PATTERN_TIMEOUT
+    for text in texts:
+        left = deadline - time.monotonic()
+        if left <= 0:
+            raise PatternTimeout(stopped)
+        try:
+            match = pattern.search(text[:MAX_SEARCHED_CHARS], timeout=left)
+        except TimeoutError:
+            raise PatternTimeout(stopped) from None
+        if match is not None:
+            return match
+    return None
 
 
 @dataclass(frozen=True)
@@ -48,11 +107,13 @@ class Condition:
     op: str
     value: str
     header: str = ""
-    pattern: re.Pattern[str] | None = None
+    pattern: regex.Pattern[str] | None = None
+
+    def looks_at(self) -> str:
+        return f"the header {self.header}" if self.field == "header" else FIELDS[self.field]
 
     def describe(self) -> str:
-        what = f"the header {self.header}" if self.field == "header" else FIELDS[self.field]
-        return f"{what} {OPS[self.op]} “{self.value}”"
+        return f"{self.looks_at()} {OPS[self.op]} “{self.value}”"
 
     def as_dict(self) -> dict[str, str]:
         data = {"field": self.field, "op": self.op, "value": self.value}
@@ -118,7 +179,7 @@ def compile_condition(data: Mapping[str, Any]) -> Condition:
     pattern = None
     if op == "regex":
         try:
-            pattern = re.compile(value, re.IGNORECASE)
+            pattern = compile_pattern(value, ignore_case=True)
         except re.error as exc:
             raise RoutingError(f"The regular expression “{value}” is not valid: {exc}.") from None
     return Condition(str(field), str(op), value, header, pattern)
@@ -158,18 +219,20 @@ def _candidates(condition: Condition, message: ParsedMessage) -> list[str]:
     if condition.field == "subject":
         return [message.subject]
     if condition.field == "body":
-        return [message.text[:MAX_BODY_CHARS]]
+        return [message.text[:MAX_SEARCHED_CHARS]]
     return list(message.header_values(condition.header))
 
 
 def holds(condition: Condition, message: ParsedMessage) -> bool:
-    """Whether the condition holds for the message (text compared without case)."""
+    """Whether the condition holds for the message (text compared without case).
+
+    Raises PatternTimeout when its expression took too long on the message.
+    """
+    if condition.pattern is not None:
+        return first_match(condition.pattern, _candidates(condition, message)) is not None
     wanted = condition.value.strip().lower()
     for candidate in _candidates(condition, message):
-        if condition.pattern is not None:
-            if condition.pattern.search(candidate):
-                return True
-        elif condition.op == "equals":
+        if condition.op == "equals":
             if candidate.strip().lower() == wanted:
                 return True
         elif wanted in candidate.lower():
@@ -193,10 +256,22 @@ def route_message(
     """The routes the message matches, in order (only the first in first-match mode).
 
     The default route is used when nothing matches; with no default the result is empty.
+    When an expression takes too long on the message, routing stops there and the result is
+    to quarantine the message, saying which condition: a condition that could not be checked
+    neither holds nor fails (either way a sender could steer the message with its text), and
+    the admin can simplify the expression and replay the message.
     """
     matches: list[Match] = []
     for route in sorted(routes, key=lambda r: r.position):
-        if all(holds(c, message) for c in route.conditions):
+        matched = True
+        for condition in route.conditions:
+            try:
+                matched = holds(condition, message)
+            except PatternTimeout as exc:
+                return _unchecked(route, condition, exc)
+            if not matched:
+                break
+        if matched:
             said = " and ".join(c.describe() for c in route.conditions)
             matches.append(
                 Match(route, f"Route {route.position} matched ({said}): {route.describe_target()}.")
@@ -207,3 +282,11 @@ def route_message(
         return RoutingResult(tuple(matches), False)
     sentence = f"No route matched: the default route, {default.describe_target()}."
     return RoutingResult((Match(default, sentence),), True)
+
+
+def _unchecked(route: Route, condition: Condition, timeout: PatternTimeout) -> RoutingResult:
+    sentence = (
+        f"Route {route.position} could not be checked: the expression “{condition.value}” on "
+        f"{condition.looks_at()} {timeout}. Simplify the expression, then replay the message."
+    )
+    return RoutingResult((Match(Route(route.position, (), QUARANTINE), sentence),), False)

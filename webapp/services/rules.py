@@ -9,8 +9,11 @@ from typing import Any
 from sqlalchemy import func, select
 
 from webapp.casetypes.definition import Definition, FieldDef, field_value_error
+from webapp.casetypes.templating import broken_placeholders, placeholders
 from webapp.extensions import db
+from webapp.mail.outbound import HeaderValueError, header_text
 from webapp.mail.parse import ParsedMessage
+from webapp.mail.routing import PatternTimeout, compile_pattern, first_match
 from webapp.models import (
     CaseType,
     ChannelRoute,
@@ -32,6 +35,10 @@ MAX_NAME = 100
 MAX_MAPPINGS = 50
 MAX_PATTERN = 500
 MAX_ATTACHMENT_LIMIT = 50 * 1024 * 1024
+MAX_ACK_SUBJECT = 300
+# The placeholders services/ingest.py fills an acknowledgement with, besides the case type's
+# fields.
+ACK_NAMES = ("case_id", "subject", "requester")
 _HEADER_NAME_RE = re.compile(r"^[!-9;-~]{1,76}$")  # RFC 5322 field name: printable, no colon
 _KEY_RE = re.compile(r"^[^:\r\n]{1,100}$")
 
@@ -132,7 +139,7 @@ def check_mapping(mapping: dict[str, str], definition: Definition) -> str:
         if len(value) > MAX_PATTERN:
             return f"Keep the expression for {name} under {MAX_PATTERN} characters."
         try:
-            pattern = re.compile(value)
+            pattern = compile_pattern(value, multiline=True)
         except re.error as exc:
             return f"The expression for {name} does not compile: {exc}."
         if name not in pattern.groupindex:
@@ -176,10 +183,22 @@ def save_rule(rule: ServiceEmailRule | None, data: RuleData) -> ServiceEmailRule
                 break
     if data.stage_action and len(data.stage_action) > 100:
         errors["stage_action"] = "Keep the action name under 100 characters."
-    if data.send_ack and not data.ack_subject.strip():
+    # Line breaks in the subject are folded to spaces; other control characters are refused,
+    # as building the acknowledgement would refuse them for every case.
+    ack_subject = " ".join(data.ack_subject.split())
+    if data.send_ack and not ack_subject:
         errors["ack_subject"] = "Give the acknowledgement a subject, or turn it off."
-    if len(data.ack_subject) > 300:
-        errors["ack_subject"] = "Keep the subject under 300 characters."
+    elif len(data.ack_subject) > MAX_ACK_SUBJECT:
+        errors["ack_subject"] = f"Keep the subject under {MAX_ACK_SUBJECT} characters."
+    else:
+        try:
+            header_text("The subject", ack_subject)
+        except HeaderValueError as exc:
+            errors["ack_subject"] = f"{exc} Remove them (pasted text can carry them)."
+    for key, text in (("ack_subject", ack_subject), ("ack_body", data.ack_body)):
+        problem = _placeholder_problem(text, definition)
+        if problem and key not in errors:
+            errors[key] = problem
     if not 1 <= data.max_attachment_bytes <= MAX_ATTACHMENT_LIMIT:
         errors["max_attachment_bytes"] = (
             f"Enter a size from 1 to {MAX_ATTACHMENT_LIMIT} bytes (50 MB)."
@@ -198,12 +217,32 @@ def save_rule(rule: ServiceEmailRule | None, data: RuleData) -> ServiceEmailRule
     rule.stage_action = data.stage_action.strip()
     rule.resolved_policy = data.resolved_policy
     rule.send_ack = data.send_ack
-    rule.ack_subject = " ".join(data.ack_subject.split())
+    rule.ack_subject = ack_subject
     rule.ack_body = data.ack_body
     rule.max_attachment_bytes = data.max_attachment_bytes
     rule.max_attachments = data.max_attachments
     db.session.flush()
     return rule
+
+
+def _placeholder_problem(template: str, definition: Definition | None) -> str:
+    """Why `template` cannot fill an acknowledgement, as a sentence, or ""."""
+    known = [*ACK_NAMES, *(f.name for f in definition.fields)] if definition else [*ACK_NAMES]
+    listed = ", ".join(f"{{{{ {name} }}}}" for name in known)
+    if definition is None:  # no case type yet: only how the placeholders are written is checked
+        listed += " or a field of the case type"
+    problems = []
+    unknown = [n for n in dict.fromkeys(placeholders(template)) if n not in known]
+    if unknown and definition is not None:
+        problems.append("Unknown placeholder " + ", ".join(f"{{{{ {n} }}}}" for n in unknown))
+    broken = list(dict.fromkeys(broken_placeholders(template)))
+    if broken:
+        verb = "is not a placeholder" if len(broken) == 1 else "are not placeholders"
+        problems.append(
+            f"{', '.join(f'“{b}”' for b in broken)} {verb} (write {{{{ name }}}}, with both "
+            "pairs of braces)"
+        )
+    return f"{'; '.join(problems)}: use one of: {listed}." if problems else ""
 
 
 def delete_rule(rule: ServiceEmailRule) -> None:
@@ -237,8 +276,19 @@ def map_fields(rule: ServiceEmailRule, message: ParsedMessage) -> list[MappedVal
         target = field_of(definition, mapping["field"])
         if target is None:
             continue
-        found = _extract(mapping["source"], mapping["value"], mapping["field"], message)
-        value, error = ("", "") if found is None else convert(target, found)
+        try:
+            found = _extract(mapping["source"], mapping["value"], mapping["field"], message)
+        except PatternTimeout as exc:
+            # An error, not an empty field: the sender's text would decide, unseen, which
+            # fields stay empty.
+            where = "subject" if mapping["source"] == "subject_regex" else "body"
+            error = (
+                f"{target.label}: the {where} expression for {target.name} {exc}. Simplify "
+                f"it in the rule {rule.name}, then replay the message."
+            )
+            found, value = None, ""
+        else:
+            value, error = ("", "") if found is None else convert(target, found)
         results.append(
             MappedValue(target.name, target.label, _describe(mapping), found, value, error)
         )
@@ -268,9 +318,10 @@ def _extract(source: str, spec: str, name: str, message: ParsedMessage) -> str |
     if source in ("subject_regex", "body_regex"):
         text = message.subject if source == "subject_regex" else message.text
         try:
-            match = re.search(spec, text, re.MULTILINE)
+            pattern = compile_pattern(spec, multiline=True)
         except re.error:
             return None
+        match = first_match(pattern, [text])
         return match.group(name) if match and match.group(name) is not None else None
     if source == "body_key":
         line = re.search(rf"^[ \t>]*{re.escape(spec)}[ \t]*:[ \t]*(.*)$", message.text, re.M | re.I)
