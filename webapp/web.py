@@ -126,6 +126,12 @@ _MESSAGES = {
 def _install_error_pages(app: Flask) -> None:
     def render_error(code: int):
         title, text = _MESSAGES.get(code, ("Error", "The request could not be completed."))
+        limit = app.config.get("MAX_CONTENT_LENGTH")
+        if code == 413 and limit:
+            text = (
+                f"The upload is larger than this server accepts: {limit // (1024 * 1024)} MB "
+                "(CASEMAIL_MAX_UPLOAD_MB)."
+            )
         if request.path.startswith("/api/"):
             return jsonify(error=title.lower().replace(" ", "_"), message=text), code
         return render_template("errors/error.html", code=code, title=title, text=text), code

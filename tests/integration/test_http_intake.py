@@ -120,6 +120,21 @@ def test_a_compressed_body_is_refused_not_stored(app, client, token, listener_id
     assert response.status_code == 202
 
 
+def test_a_body_over_the_servers_upload_limit_names_the_limit_and_its_setting(
+    app_settings, token, listener_id
+):
+    small = create_app({**app_settings, "MAX_CONTENT_LENGTH": 1024 * 1024})
+    response = small.test_client().post(
+        f"/api/v1/listeners/{listener_id}/messages",
+        headers=token(),
+        data=message(body="x" * (2 * 1024 * 1024)),
+    )
+    assert response.status_code == 413
+    assert response.json["message"] == (
+        "The upload is larger than this server accepts: 1 MB (CASEMAIL_MAX_UPLOAD_MB)."
+    )
+
+
 def test_503_with_retry_after_when_the_database_is_unavailable(app_settings, tmp_path):
     broken = create_app(
         dict(

@@ -55,3 +55,21 @@ def test_the_tester_says_a_sender_no_case_can_name_is_quarantined(
         for model in (Case, InboundMessage):
             assert db.session.scalar(select(func.count()).select_from(model)) == 0
         assert db.session.scalar(select(func.count()).select_from(ServiceEmailRule)) == 1
+
+
+def test_a_file_larger_than_the_tester_reads_is_refused_without_a_made_up_size(
+    app, client, login_as, make_case_type
+):
+    login_as("admin")
+    rule_id = _rule(app, make_case_type())
+    raw = message(body="x" * (26 * 1024 * 1024))
+    token = csrf_token(client, "/admin/rules/test")
+    response = client.post(
+        "/admin/rules/test",
+        data={"csrf_token": token, "rule_id": str(rule_id), "message": (io.BytesIO(raw), "m.eml")},
+        content_type="multipart/form-data",
+    )
+    assert response.status_code == 400
+    page = response.get_data(as_text=True)
+    assert "The file is larger than 25 MB, the most the tester reads." in page
+    assert "25.0 MB" not in page

@@ -147,10 +147,18 @@ def tester():
     result = None
     if form.validate_on_submit():
         raw = form.message.data.read(MAX_TEST_BYTES + 1)
+        too_large = len(raw) > MAX_TEST_BYTES
         rule = db.session.get(ServiceEmailRule, int(form.rule_id.data or 0))
         channel = db.session.get(EmailChannel, int(form.channel_id.data or 0))
         limits = Limits(max_size=MAX_TEST_BYTES)
-        if not raw.strip():
+        if too_large:
+            # Only the first MAX_TEST_BYTES were read: its size is not known, only that it is
+            # larger (a listener with this limit would quarantine it).
+            form.message.errors = [
+                f"The file is larger than {MAX_TEST_BYTES // (1024 * 1024)} MB, the most the "
+                "tester reads."
+            ]
+        elif not raw.strip():
             form.message.errors = ["The file is empty."]
         elif channel is not None:
             result = ingest.plan(raw, None, limits=limits, channel=channel)
