@@ -26,13 +26,17 @@ def _rule(app, type_id: int) -> int:
         return rule.id
 
 
-def _test_message(client, rule_id: int, raw: bytes) -> str:
+def _upload(client, rule_id: int, raw: bytes):
     token = csrf_token(client, "/admin/rules/test")
-    response = client.post(
+    return client.post(
         "/admin/rules/test",
         data={"csrf_token": token, "rule_id": str(rule_id), "message": (io.BytesIO(raw), "m.eml")},
         content_type="multipart/form-data",
     )
+
+
+def _test_message(client, rule_id: int, raw: bytes) -> str:
+    response = _upload(client, rule_id, raw)
     assert response.status_code == 200
     return response.get_data(as_text=True)
 
@@ -62,13 +66,7 @@ def test_a_file_larger_than_the_tester_reads_is_refused_without_a_made_up_size(
 ):
     login_as("admin")
     rule_id = _rule(app, make_case_type())
-    raw = message(body="x" * (26 * 1024 * 1024))
-    token = csrf_token(client, "/admin/rules/test")
-    response = client.post(
-        "/admin/rules/test",
-        data={"csrf_token": token, "rule_id": str(rule_id), "message": (io.BytesIO(raw), "m.eml")},
-        content_type="multipart/form-data",
-    )
+    response = _upload(client, rule_id, message(body="x" * (26 * 1024 * 1024)))
     assert response.status_code == 400
     page = response.get_data(as_text=True)
     assert "The file is larger than 25 MB, the most the tester reads." in page
