@@ -58,7 +58,7 @@ def test_rule_tester_and_incoming_mail(
         db.session.commit()
     page.goto(base + "/admin/inbox/")
     page.get_by_role("link", name="Lost").click()
-    expect(page.locator("#status-reason")).to_contain_text("No service email rule handles")
+    expect(page.locator("#status-reason")).to_contain_text("This message has no listener")
     screenshot("inbox-message")
     page.get_by_role("button", name="Replay").click()
     expect(page.get_by_role("alert")).to_contain_text("Replayed: quarantined.")

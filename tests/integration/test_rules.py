@@ -284,6 +284,50 @@ def test_acknowledgement_placeholders_are_checked_on_save(
     assert _post(client, "/admin/rules/new", good).status_code == 302
 
 
+@pytest.mark.parametrize(
+    ("overrides", "field_error"),
+    [
+        (
+            {"mappings": "amount body_key Amount"},
+            "A rule that only updates cases maps no fields: fields are set when a case is "
+            "opened. Remove the mappings, or let the rule open cases.",
+        ),
+        (
+            {"mappings": "", "send_ack": "y", "ack_subject": "Thanks"},
+            "An acknowledgement goes out when a case is opened, which a rule that only updates "
+            "cases never does. Turn it off, or let the rule open cases.",
+        ),
+    ],
+)
+def test_an_update_only_rule_refuses_what_only_a_new_case_uses(
+    app, client, login_as, make_case_type, overrides, field_error
+):
+    login_as("admin")
+    form = _form(make_case_type(), action="update_case", **overrides)
+    response = _post(client, "/admin/rules/new", form)
+    assert response.status_code == 400
+    assert html.escape(field_error, quote=False) in response.get_data(as_text=True)
+    with app.app_context():
+        assert db.session.scalar(select(func.count()).select_from(ServiceEmailRule)) == 0
+
+
+def test_the_stage_action_must_be_one_the_case_type_has(app, client, login_as, make_case_type):
+    login_as("admin")
+    type_id = make_case_type()
+    response = _post(client, "/admin/rules/new", _form(type_id, stage_action="sbumit"))
+    assert response.status_code == 400
+    assert (
+        "No stage of Expense approval has the action “sbumit”: use one of approve, mark_paid, "
+        "reject, send_back, submit, withdraw."
+    ) in response.get_data(as_text=True)
+    # The action's name, as the designer shows it, is taken as its key.
+    assert (
+        _post(client, "/admin/rules/new", _form(type_id, stage_action="Submit")).status_code == 302
+    )
+    with app.app_context():
+        assert db.session.scalar(select(ServiceEmailRule.stage_action)) == "submit"
+
+
 def test_the_rule_tester_asks_for_a_file(client, login_as, make_case_type):
     login_as("admin")
     token = csrf_token(client, "/admin/rules/test")

@@ -8,7 +8,15 @@ from typing import Any
 
 from sqlalchemy import func, select
 
-from webapp.casetypes.definition import Definition, FieldDef, field_value_error
+from webapp.casetypes.definition import (
+    APPROVAL,
+    WORK,
+    Definition,
+    FieldDef,
+    field_value_error,
+    slugify,
+)
+from webapp.casetypes.engine import APPROVE, REJECT
 from webapp.casetypes.templating import broken_placeholders, placeholders
 from webapp.extensions import db
 from webapp.mail.outbound import HeaderValueError, header_text
@@ -181,8 +189,30 @@ def save_rule(rule: ServiceEmailRule | None, data: RuleData) -> ServiceEmailRule
             if problem:
                 errors["mappings"] = f"Line {number}: {problem}"
                 break
-    if data.stage_action and len(data.stage_action) > 100:
+    if data.action == RuleAction.UPDATE_CASE.value:
+        # What only a new case uses would be kept and never do anything.
+        if data.mappings:
+            errors["mappings"] = (
+                "A rule that only updates cases maps no fields: fields are set when a case is "
+                "opened. Remove the mappings, or let the rule open cases."
+            )
+        if data.send_ack:
+            errors["send_ack"] = (
+                "An acknowledgement goes out when a case is opened, which a rule that only "
+                "updates cases never does. Turn it off, or let the rule open cases."
+            )
+    stage_action = data.stage_action.strip()
+    if len(stage_action) > 100:
         errors["stage_action"] = "Keep the action name under 100 characters."
+    elif stage_action and definition is not None and case_type is not None:
+        actions = _stage_actions(definition)
+        if slugify(stage_action) in actions:
+            stage_action = slugify(stage_action)
+        else:
+            errors["stage_action"] = (
+                f"No stage of {case_type.name} has the action “{stage_action}”: use one of "
+                f"{', '.join(sorted(actions))}."
+            )
     # Line breaks in the subject are folded to spaces; other control characters are refused,
     # as building the acknowledgement would refuse them for every case.
     ack_subject = " ".join(data.ack_subject.split())
@@ -214,7 +244,7 @@ def save_rule(rule: ServiceEmailRule | None, data: RuleData) -> ServiceEmailRule
     rule.action = data.action
     rule.case_type_id = case_type.id if case_type else None
     rule.field_mappings = [dict(m) for m in data.mappings]
-    rule.stage_action = data.stage_action.strip()
+    rule.stage_action = stage_action
     rule.resolved_policy = data.resolved_policy
     rule.send_ack = data.send_ack
     rule.ack_subject = ack_subject
@@ -223,6 +253,14 @@ def save_rule(rule: ServiceEmailRule | None, data: RuleData) -> ServiceEmailRule
     rule.max_attachments = data.max_attachments
     db.session.flush()
     return rule
+
+
+def _stage_actions(definition: Definition) -> set[str]:
+    """The actions a rule can run on cases of `definition`, by the key the engine fires."""
+    actions = {a.slug for stage in definition.stages if stage.kind == WORK for a in stage.actions}
+    if any(stage.kind == APPROVAL for stage in definition.stages):
+        actions |= {APPROVE, REJECT}
+    return actions
 
 
 def _placeholder_problem(template: str, definition: Definition | None) -> str:
