@@ -26,6 +26,7 @@ from webapp.models import (
 )
 from webapp.models.types import utcnow
 from webapp.services import cases as case_service
+from webapp.services import casetypes as casetype_service
 from webapp.services.ingest import IngestError, ingest_message, replay, stuck_message_ids
 from workers.inbound import enqueue_ingest, requeue_stuck
 from workers.queues import INBOUND
@@ -230,6 +231,33 @@ def test_a_from_address_too_long_to_be_one_is_stored_and_quarantined(app, route)
         "quarantined",
         "Some fields need a change: That address is too long.",
     )
+
+
+@both_databases
+def test_a_mapped_field_the_case_type_dropped_is_noted_not_silently_lost(
+    app, route, client, login_as
+):
+    listener_id = route(
+        mappings=[
+            {"field": "amount", "source": "body_key", "value": "Amount"},
+            {"field": "notes", "source": "body_key", "value": "Notes"},
+        ]
+    )
+    with app.app_context():
+        case_type = db.session.get(EmailListener, listener_id).rule.case_type
+        casetype_service.remove_field(case_type, "notes")
+        casetype_service.publish(case_type, None)
+        db.session.commit()
+    inbound = ingest(app, store(app, message(body="Amount: 5\nNotes: keep this\n"), listener_id))
+    assert (inbound.status, inbound.status_reason) == ("processed", "Opened EXP-1001.")
+    note = (
+        "The rule Expenses by email maps notes, which the case type no longer has: no value "
+        "was kept for it. Edit the rule's field mappings."
+    )
+    assert {"step": "note", "note": note} in inbound.decisions
+    login_as("admin")
+    listing = client.get("/admin/rules/").get_data(as_text=True)
+    assert "Maps notes, which the case type no longer has: edit the mappings." in listing
 
 
 def test_a_reply_of_ours_repeats_only_the_first_and_latest_references():

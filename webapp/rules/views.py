@@ -89,7 +89,9 @@ def rules():
         select(EmailListener).where(EmailListener.rule_id.is_not(None))
     ):
         listeners.setdefault(listener.rule_id or 0, []).append(listener.name)
-    return render_template("rules/index.html", rules=service.all_rules(), listeners=listeners)
+    rules = service.all_rules()
+    stale = {rule.id: names for rule in rules if (names := service.stale_mappings(rule))}
+    return render_template("rules/index.html", rules=rules, listeners=listeners, stale=stale)
 
 
 @bp.route("/new", methods=["GET", "POST"])

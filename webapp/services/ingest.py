@@ -68,7 +68,7 @@ from webapp.services import approvals as approval_service
 from webapp.services import cases as case_service
 from webapp.services import channels as channel_service
 from webapp.services.outbox import queue_message
-from webapp.services.rules import MappedValue, map_fields
+from webapp.services.rules import MappedValue, map_fields, stale_mappings
 
 # The loop breaker: a sender (often another robot we failed to recognise) may open at most
 # this many cases per window; more are quarantined for an admin to look at.
@@ -273,6 +273,12 @@ def plan(
         result.action = QUARANTINE
         result.reason = "A mapped field does not fit: " + " ".join(problems)
         return result
+    stale = stale_mappings(rule)
+    if stale:
+        result.notes.append(
+            f"The rule {rule.name} maps {', '.join(stale)}, which the case type no longer "
+            "has: no value was kept for it. Edit the rule's field mappings."
+        )
     # Said here, as opening the case would say it, so that the rule tester shows it too.
     problem = case_service.requester_problem(result.sender)
     if problem:

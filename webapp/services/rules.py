@@ -304,6 +304,16 @@ def _channels_using(rule_id: int) -> list[str]:
     return sorted(set(db.session.scalars(by_route.union(by_default))))
 
 
+def stale_mappings(rule: ServiceEmailRule) -> list[str]:
+    """The fields the rule maps that its case type's newest published version no longer has
+    (the designer removed them and published): their values are not kept."""
+    definition = definition_for(rule.case_type)
+    if definition is None:
+        return []
+    mapped = dict.fromkeys(m["field"] for m in rule.field_mappings or [])
+    return [name for name in mapped if field_of(definition, name) is None]
+
+
 def map_fields(rule: ServiceEmailRule, message: ParsedMessage) -> list[MappedValue]:
     """Apply the rule's mappings to `message`: each value found, converted, or its error."""
     definition = definition_for(rule.case_type)
@@ -313,7 +323,7 @@ def map_fields(rule: ServiceEmailRule, message: ParsedMessage) -> list[MappedVal
     for mapping in rule.field_mappings or []:
         target = field_of(definition, mapping["field"])
         if target is None:
-            continue
+            continue  # a field the case type no longer has: see stale_mappings
         try:
             found = _extract(mapping["source"], mapping["value"], mapping["field"], message)
         except PatternTimeout as exc:
