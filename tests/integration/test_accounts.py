@@ -92,7 +92,7 @@ def test_quick_form_fills_servers_from_the_provider_and_saves(app, client, login
     assert "app password 123" not in page
     listing = client.get("/admin/accounts").get_data(as_text=True)
     assert "sales" in listing and "SMTP" in listing and "IMAP" in listing
-    assert "none yet" in listing
+    assert '<td><span class="text-secondary">None</span></td>' in listing  # no listener yet
     with app.app_context():
         account = db.session.scalar(select(EmailAccount))
         assert account.smtp_user_id == "sales@example.com"
@@ -282,7 +282,7 @@ def test_an_account_a_listener_receives_through_is_not_deleted(
     app, client, login_as, make_account, make_case_type
 ):
     pk = make_account("expenses")
-    make_route(app, pk, make_case_type())
+    listener_id = make_route(app, pk, make_case_type())
     login_as("admin")
     token = csrf_token(client, f"/admin/accounts/{pk}")
     response = client.post(
@@ -294,6 +294,9 @@ def test_an_account_a_listener_receives_through_is_not_deleted(
         "move them to another account or delete them first."
     ) in html.unescape(response.get_data(as_text=True))
     assert _count(app) == 1
+    listener = f'<a href="/admin/listeners/{listener_id}">Listener for Expenses by email</a>'
+    assert listener in client.get("/admin/accounts").get_data(as_text=True)
+    assert listener in client.get(f"/admin/accounts/{pk}").get_data(as_text=True)
 
 
 @both_databases

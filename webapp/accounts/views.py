@@ -62,7 +62,9 @@ def _presets_json() -> str:
 @admin_required
 def accounts():
     rows = db.session.scalars(select(EmailAccount).order_by(EmailAccount.account_id)).all()
-    return render_template("accounts/list.html", accounts=rows)
+    return render_template(
+        "accounts/list.html", accounts=rows, listeners=account_service.listeners_by_account()
+    )
 
 
 @bp.route("/admin/accounts/new", methods=["GET", "POST"])
@@ -158,7 +160,12 @@ def edit(account_pk: int):
 @admin_required
 def show(account_pk: int):
     account = _account_or_404(account_pk)
-    return render_template("accounts/show.html", account=account, form=ConfirmForm(formdata=None))
+    return render_template(
+        "accounts/show.html",
+        account=account,
+        listeners=account_service.listeners_by_account().get(account.id, []),
+        form=ConfirmForm(formdata=None),
+    )
 
 
 @bp.route("/admin/accounts/<int:account_pk>/test/<side>", methods=["POST"])

@@ -372,6 +372,14 @@ def _current_values(account: EmailAccount) -> dict[str, Any]:
     return {field: getattr(account, field) for field in _PLAIN_FIELDS}
 
 
+def listeners_by_account() -> dict[int, list[EmailListener]]:
+    """The listeners that receive through each account, by account id, by name."""
+    found: dict[int, list[EmailListener]] = {}
+    for listener in db.session.scalars(select(EmailListener).order_by(EmailListener.name)):
+        found.setdefault(listener.account_id, []).append(listener)
+    return found
+
+
 class AccountInUse(ValueError):
     """Deleting an account was refused: listeners still receive mail through it."""
 
