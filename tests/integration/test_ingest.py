@@ -181,19 +181,38 @@ def test_a_broken_message_is_quarantined_and_can_be_replayed(app, route, runner)
 
 
 @both_databases
-def test_replaying_a_message_whose_case_cannot_be_opened_quarantines_it_again(app, route, runner):
+def test_replaying_a_message_whose_case_cannot_be_opened_quarantines_it_again(
+    app, route, runner, monkeypatch
+):
+    listener_id = route()
     # Internal mail from a host name without a dot: no case can name it as requester.
-    inbound = ingest(app, store(app, message(sender="ops@intranet"), route()))
-    reason = "Some fields need a change: Enter the requester's email address"
+    inbound = ingest(app, store(app, message(sender="ops@intranet"), listener_id))
+    reason = "The sender's address ops@intranet is not a full email address"
     assert inbound.status == "quarantined"
     assert inbound.status_reason.startswith(reason)
-
     result = runner.invoke(args=["mail", "replay", str(inbound.id)])
     assert result.exit_code == 1, result.output
     assert f"#{inbound.id}: quarantined. {reason}" in result.output
-    again = load(app, inbound.id)
-    assert (again.status, again.attempts) == ("quarantined", 2)
-    assert count(app, Case) == 0
+
+    # Opening the case itself is refused (its case type lost its counter, say): the replay
+    # rolls back only what ingesting wrote, and the message is quarantined with that reason.
+    refused = "This case type has no case counter; re-create it."
+
+    def refuse(*args, **kwargs):
+        raise case_service.CaseError(refused)
+
+    monkeypatch.setattr(case_service, "open_case", refuse)
+    other = ingest(app, store(app, message(message_id="<m9@example.com>"), listener_id))
+    assert (other.status, other.status_reason) == ("quarantined", refused)
+    result = runner.invoke(args=["mail", "replay", str(other.id)])
+    assert result.exit_code == 1, result.output
+    assert f"#{other.id}: quarantined. {refused}" in result.output
+    again = load(app, other.id)
+    assert (again.status, again.status_reason, again.attempts) == ("quarantined", refused, 2)
+    monkeypatch.undo()
+    result = runner.invoke(args=["mail", "replay", str(other.id)])
+    assert result.exit_code == 0, result.output
+    assert f"#{other.id}: processed. Opened EXP-1001." in result.output
 
 
 @both_databases
@@ -229,7 +248,7 @@ def test_a_from_address_too_long_to_be_one_is_stored_and_quarantined(app, route)
     assert inbound.raw.startswith(f"From: Alice <{sender}>".encode())
     assert (inbound.status, inbound.status_reason) == (
         "quarantined",
-        "Some fields need a change: That address is too long.",
+        "The sender's address is longer than 320 characters, so no case can name it as requester.",
     )
 
 

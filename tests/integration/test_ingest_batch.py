@@ -159,32 +159,46 @@ def test_replies_in_a_later_batch_join_the_cases_of_earlier_mail_and_of_our_answ
 
 
 @both_databases
-def test_a_message_that_cannot_open_its_case_is_quarantined_and_the_batch_goes_on(app, route):
+def test_a_message_that_cannot_open_its_case_is_quarantined_and_the_batch_goes_on(
+    app, route, monkeypatch
+):
     listener_id = route()
     ids = [
         store(app, message(subject="One", message_id="<1@example.com>"), listener_id),
+        store(app, message(subject="Two", message_id="<2@example.com>"), listener_id),
+        store(app, message(subject="Three", message_id="<3@example.com>"), listener_id),
         # A local system account: not an address a case could write back to.
         store(
             app,
-            message(subject="Two", sender="root@localhost", message_id="<2@example.com>"),
+            message(subject="Four", sender="root@localhost", message_id="<4@example.com>"),
             listener_id,
         ),
-        store(app, message(subject="Three", message_id="<3@example.com>"), listener_id),
     ]
+    # Opening the case of "Two" is refused, as a case type whose counter was lost refuses.
+    real = case_service.open_case
 
+    def refuse_two(case_type, values, *, subject, **kwargs):
+        if subject == "Two":
+            raise case_service.CaseError("This case type has no case counter; re-create it.")
+        return real(case_type, values, subject=subject, **kwargs)
+
+    monkeypatch.setattr(case_service, "open_case", refuse_two)
     ingest_batch(app, ids)
 
-    one, two, three = (load(app, i) for i in ids)
+    one, two, three, four = (load(app, i) for i in ids)
     assert (one.status, three.status) == ("processed", "processed")
-    assert two.status == "quarantined"
-    assert two.status_reason == (
-        "Some fields need a change: Enter the requester's email address, such as name@example.com."
+    assert (two.status, four.status) == ("quarantined", "quarantined")
+    assert two.status_reason == "This case type has no case counter; re-create it."
+    assert four.status_reason == (
+        "The sender's address root@localhost is not a full email address (such as "
+        "name@example.com), so no case can name it as requester."
     )
     assert two.case_id is None and two.attempts == 1
+    assert four.case_id is None and four.attempts == 1
     assert count(app, Case) == 2 and emails_in(app) == 2
     with app.app_context():
         assert db.session.get(Case, three.case_id).reference == "EXP-1002"
-    assert counters(app, listener_id) == (2, 1)
+    assert counters(app, listener_id) == (2, 2)
 
 
 @both_databases

@@ -280,10 +280,14 @@ def plan(
             "has: no value was kept for it. Edit the rule's field mappings."
         )
     # Said here, as opening the case would say it, so that the rule tester shows it too.
-    problem = case_service.requester_problem(result.sender)
-    if problem:
+    if case_service.requester_problem(result.sender):
         result.action = QUARANTINE
-        result.reason = f"Some fields need a change: {problem}"
+        address = (
+            "is longer than 320 characters"
+            if len(result.sender) > 320
+            else f"{result.sender} is not a full email address (such as name@example.com)"
+        )
+        result.reason = f"The sender's address {address}, so no case can name it as requester."
         return result
     breaker = loop_breaker(
         result.sender or None,
