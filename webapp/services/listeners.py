@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import datetime, timedelta
@@ -20,6 +21,11 @@ from webapp.models import (
     ServiceEmailRule,
 )
 from webapp.models.types import utcnow
+
+# No mail server names a folder with line breaks or other control characters: such a name
+# is a paste gone wrong, and would only fail at every poll.
+_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
+_NO_CONTROL = "A folder name has no line breaks or other control characters."
 
 MESSAGE_FORMATS = ("text", "html", "both")
 MIN_INTERVAL, MAX_INTERVAL = 10, 86_400
@@ -116,6 +122,8 @@ def listener_errors(listener: EmailListener | None, values: Mapping[str, Any]) -
     folder = values.get("folder") or ""
     if not folder or len(folder) > 255:
         errors["folder"] = "Enter the folder to watch (at most 255 characters)."
+    elif _CONTROL.search(folder):
+        errors["folder"] = _NO_CONTROL
     elif pop3 and folder.upper() != "INBOX":
         errors["folder"] = "A POP3 account has only one folder: INBOX."
     if values.get("message_format") not in MESSAGE_FORMATS:
@@ -146,6 +154,8 @@ def listener_errors(listener: EmailListener | None, values: Mapping[str, Any]) -
             errors["move_to_folder"] = "Choose another folder than the one watched."
         elif len(move_to) > 255:
             errors["move_to_folder"] = "A folder name has at most 255 characters."
+        elif _CONTROL.search(move_to):
+            errors["move_to_folder"] = _NO_CONTROL
     return errors
 
 
