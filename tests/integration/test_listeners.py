@@ -100,6 +100,7 @@ def test_a_server_that_does_not_answer_gives_a_text_field_with_a_note(
             "Choose another folder than the one watched.",
         ),
         ({"folder": "Orders\r\nA1 LOGOUT"}, "A folder name has no line breaks or other control"),
+        ({"folder": "Orders\u2028Done"}, "A folder name has no line breaks or other control"),
         (
             {"after_processing": "move", "move_to_folder": "Done\x1b"},
             "A folder name has no line breaks or other control",

@@ -155,7 +155,9 @@ def test_a_mapping_expression_that_takes_too_long_quarantines_the_message(
 ):
     login_as("admin")
     type_id = make_case_type()
-    mappings = f"amount body_key Amount\n{SLOW_NOTES}"
+    # Two slow expressions: the second is not tried once the first was stopped.
+    slow_category = "category body_regex ^(?P<category>(a|a)+)$"
+    mappings = f"amount body_key Amount\n{SLOW_NOTES}\n{slow_category}"
     assert _post(client, "/admin/rules/new", _form(type_id, mappings=mappings)).status_code == 302
     with app.app_context():
         rule_id = db.session.scalar(select(ServiceEmailRule.id))
@@ -326,6 +328,60 @@ def test_the_stage_action_must_be_one_the_case_type_has(app, client, login_as, m
     )
     with app.app_context():
         assert db.session.scalar(select(ServiceEmailRule.stage_action)) == "submit"
+
+
+@pytest.mark.parametrize("pattern", ["[[:digit:]]+", "(?P<amount>[0-9]+){e<=1}"])
+def test_spellings_regular_expression_engines_read_differently_are_refused(
+    app, client, login_as, make_case_type, pattern
+):
+    login_as("admin")
+    form = _form(make_case_type(), mappings=f"amount body_regex (?P<amount>{pattern})")
+    response = _post(client, "/admin/rules/new", form)
+    assert response.status_code == 400
+    assert (
+        "it uses [:…:] or {e&lt;=…}, which regular expression engines read differently; write "
+        "the characters out instead, such as [0-9] for [[:digit:]]"
+    ) in response.get_data(as_text=True)
+
+
+def test_an_update_only_rule_saved_with_mappings_before_can_still_be_renamed(
+    app, client, login_as, make_case_type
+):
+    login_as("admin")
+    type_id = make_case_type()
+    mappings = [{"field": "amount", "source": "body_key", "value": "Amount"}]
+    with app.app_context():
+        rule = ServiceEmailRule(
+            name="Replies",
+            action="update_case",
+            case_type_id=type_id,
+            field_mappings=mappings,
+            send_ack=True,
+            ack_subject="Thanks",
+        )
+        db.session.add(rule)
+        db.session.commit()
+        path = f"/admin/rules/{rule.id}"
+    form = _form(
+        type_id,
+        name="Replies to cases",
+        action="update_case",
+        mappings="amount body_key Amount",
+        send_ack="y",
+        ack_subject="Thanks",
+    )
+    assert _post(client, path, form).status_code == 302
+    # Adding a mapping is what is refused.
+    form["mappings"] += "\ncategory body_key Category"
+    assert _post(client, path, form).status_code == 400
+
+
+def test_a_stage_action_is_stored_as_its_key_even_without_a_case_type(app, client, login_as):
+    login_as("admin")
+    form = _form(0, action="update_case", case_type_id="", mappings="", stage_action="Send back")
+    assert _post(client, "/admin/rules/new", form).status_code == 302
+    with app.app_context():
+        assert db.session.scalar(select(ServiceEmailRule.stage_action)) == "send_back"
 
 
 def test_the_rule_tester_asks_for_a_file(client, login_as, make_case_type):

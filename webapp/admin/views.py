@@ -12,6 +12,7 @@ from webapp.security import admin_required
 from webapp.services import users as user_service
 from webapp.services.status import system_status
 from webapp.services.text import like_escaped
+from webapp.views import page_number
 
 USERS_PER_PAGE = 25
 
@@ -26,7 +27,7 @@ def users():
         stmt = stmt.where(
             or_(User.email.like(pattern, escape="\\"), User.name.ilike(pattern, escape="\\"))
         )
-    page = db.paginate(stmt, per_page=USERS_PER_PAGE, error_out=False)
+    page = db.paginate(stmt, page=page_number(), per_page=USERS_PER_PAGE, error_out=False)
     return render_template("admin/users.html", page=page, query=query)
 
 

@@ -83,7 +83,7 @@ def _stage_choices(case_type: CaseType | None) -> list[tuple[str, str]]:
 def _assignee_id(value: str) -> int | None:
     if value == "me":
         return int(current_user.id)
-    return int(value) if value.isdigit() and is_id(int(value)) else None
+    return int(value) if value.isascii() and value.isdigit() and is_id(int(value)) else None
 
 
 def _render_queue(title: str, mine: bool):

@@ -42,6 +42,10 @@ _DESCRIPTIONS: dict[Method, str] = {
     "none": "no match",
 }
 
+# Reply tokens, or case ids in a subject, looked up for one message: a reply names one, and a
+# message naming thousands must not cost a query each.
+MAX_CANDIDATES = 5
+
 
 @dataclass(frozen=True)
 class Correlation(Generic[CaseT]):
@@ -82,7 +86,9 @@ def plus_address(address: str, token: str) -> str:
 
 
 def find_reply_tokens(message: ParsedMessage) -> list[tuple[str, str]]:
-    """Candidate tokens with where each was found, strongest first, without duplicates."""
+    """Candidate tokens with where each was found, strongest first, without duplicates; at
+    most MAX_CANDIDATES (a reply carries one: thousands of made-up ones must not cost a
+    lookup each)."""
     found: dict[str, str] = {}
     for address in message.recipients:
         local = address.rpartition("@")[0]
@@ -94,14 +100,17 @@ def find_reply_tokens(message: ParsedMessage) -> list[tuple[str, str]]:
         value = (embedded.get(TOKEN_HEADER) or "").strip().lower()
         if is_reply_token(value):
             found.setdefault(value, f"{TOKEN_HEADER} of an attached {embedded.content_type}")
-    return list(found.items())
+    return list(found.items())[:MAX_CANDIDATES]
 
 
 def find_case_ids(subject: str, pattern: re.Pattern[str] = DEFAULT_CASE_ID_PATTERN) -> list[str]:
-    """Case ids such as EXP-1042 written in brackets in `subject`, in order."""
+    """Case ids such as EXP-1042 written in brackets in `subject`, in order; at most
+    MAX_CANDIDATES."""
     seen: dict[str, None] = {}
     for match in pattern.finditer(subject):
         seen.setdefault(match.group(1), None)
+        if len(seen) == MAX_CANDIDATES:
+            break
     return list(seen)
 
 

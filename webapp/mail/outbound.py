@@ -39,6 +39,7 @@ __all__ = [
     "OutboundError",
     "OutboundSpec",
     "build_outbound",
+    "clean_display_name",
     "header_text",
     "message_bytes",
     "outbound_bytes",

@@ -49,6 +49,8 @@ MAX_SEARCHED_CHARS = 200_000
 # much per expression of its rule or channel, however its sender wrote it.
 PATTERN_TIMEOUT = 0.2
 _HEADER_NAME = re.compile(r"^[!-9;-~]{1,100}$")
+# Spellings that `regex` reads as POSIX classes or error counts and `re` as plain characters.
+_AMBIGUOUS = re.compile(r"(?<!\\)\[:[a-z]+:\]|(?<!\\)\{\s*(?:\d+\s*<=?\s*)?[eisd]\s*[<=>}]")
 
 
 class RoutingError(ValueError):
@@ -67,8 +69,14 @@ def compile_pattern(
     The syntax is `re`'s, as it always was: `regex` alone would accept more (`\\p{L}`), and its
     VERSION0 reads what both accept as `re` does, but for two spellings that mean something
     else to `re`: error counts such as `{e<=1}` (plain text to `re`) and classes such as
-    `[[:digit:]]` (a set of those letters to `re`).
+    `[[:digit:]]` (a set of those letters to `re`). Those are refused, so that an expression
+    means what its author tested it for.
     """
+    if _AMBIGUOUS.search(value):
+        raise re.error(
+            "it uses [:…:] or {e<=…}, which regular expression engines read differently; "
+            "write the characters out instead, such as [0-9] for [[:digit:]]"
+        )
     re.compile(value, (re.IGNORECASE if ignore_case else 0) | (re.MULTILINE if multiline else 0))
     flags = regex.VERSION0
     if ignore_case:

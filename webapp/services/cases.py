@@ -33,6 +33,7 @@ from webapp.casetypes.engine import (
 )
 from webapp.casetypes.templating import render
 from webapp.extensions import db
+from webapp.ids import is_id
 from webapp.models import (
     Case,
     CaseAttachment,
@@ -55,6 +56,8 @@ from webapp.services.text import like_escaped
 MAX_ATTACHMENT_BYTES = 10 * 1024 * 1024
 CHANNELS = ("web", "email", "api", "system")
 EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+# The last microsecond a cursor can name: a datetime ends with year 9999.
+_LAST_MICROSECOND = (datetime(9999, 12, 31, tzinfo=UTC) - EPOCH) // timedelta(microseconds=1)
 REFERENCE_RE = re.compile(r"^[A-Za-z][A-Za-z0-9]{0,9}-\d{1,12}$")
 CONTROL_CHARS = re.compile(r"[\x00-\x1f\x7f]")
 
@@ -649,7 +652,10 @@ def _micros(when: datetime) -> int:
 def _parse_cursor(value: str) -> tuple[datetime, int] | None:
     """The (time, id) of a cursor, or None for a missing or mangled one (the first page)."""
     micros, _, case_id = value.partition("_")
-    if not (micros.isdigit() and case_id.isdigit()) or len(micros) > 18:
+    if not (micros.isascii() and micros.isdigit() and case_id.isascii() and case_id.isdigit()):
+        return None
+    # Past year 9999 a time cannot be made, past the ID range no case has the ID.
+    if int(micros) > _LAST_MICROSECOND or not is_id(int(case_id)):
         return None
     return EPOCH + timedelta(microseconds=int(micros)), int(case_id)
 

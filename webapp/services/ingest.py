@@ -30,6 +30,7 @@ from sqlalchemy.exc import DBAPIError, OperationalError
 from sqlalchemy.orm import SessionTransaction, joinedload
 from sqlalchemy.orm.exc import StaleDataError
 
+from webapp.casetypes.definition import slugify
 from webapp.casetypes.templating import render
 from webapp.extensions import db
 from webapp.mail import routing
@@ -990,7 +991,8 @@ def _carry_out(
 
 def _run_stage_action(result: Plan, rule: ServiceEmailRule, case: Case) -> None:
     try:
-        case_service.apply_action(case, rule.stage_action, user=None, channel="email")
+        # Rules saved before actions were stored by their key may hold the name ("Submit").
+        case_service.apply_action(case, slugify(rule.stage_action), user=None, channel="email")
     except case_service.AlreadyProcessed:
         raise
     except case_service.CaseError as exc:
@@ -1056,6 +1058,8 @@ def _store_attachments(
 def _queue_mail(
     case: Case, kind: OutboundKind, to: str, subject: str, body: str, answered: ParsedMessage
 ) -> None:
+    if case_service.requester_problem(to):
+        return  # not an address mail can be sent to (ops@intranet, say): nothing to answer
     values = {name: str(value) for name, value in (case.fields or {}).items()}
     values.update(case_id=case.reference, subject=case.subject, requester=case.requester)
     queue_message(
@@ -1103,6 +1107,8 @@ def _tell_sender(listener: EmailListener, result: Plan) -> None:
     """Queue the listener's error email for a quarantined message, when it has one."""
     if result.action != QUARANTINE or not listener.send_error_email or not result.sender:
         return
+    if case_service.requester_problem(result.sender):
+        return  # not an address mail can be sent to (ops@intranet, say)
     if any(name == "loop_breaker" for name, _ in result.filters):
         return  # answering a sender that writes in a loop would feed the loop
     message = result.message

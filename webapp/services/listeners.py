@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-import re
+import unicodedata
 from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import datetime, timedelta
@@ -24,7 +24,7 @@ from webapp.models.types import utcnow
 
 # No mail server names a folder with line breaks or other control characters: such a name
 # is a paste gone wrong, and would only fail at every poll.
-_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
+_BREAKS = frozenset(("Cc", "Zl", "Zp"))  # controls, line and paragraph separators
 _NO_CONTROL = "A folder name has no line breaks or other control characters."
 
 MESSAGE_FORMATS = ("text", "html", "both")
@@ -122,7 +122,7 @@ def listener_errors(listener: EmailListener | None, values: Mapping[str, Any]) -
     folder = values.get("folder") or ""
     if not folder or len(folder) > 255:
         errors["folder"] = "Enter the folder to watch (at most 255 characters)."
-    elif _CONTROL.search(folder):
+    elif _has_breaks(folder):
         errors["folder"] = _NO_CONTROL
     elif pop3 and folder.upper() != "INBOX":
         errors["folder"] = "A POP3 account has only one folder: INBOX."
@@ -154,9 +154,13 @@ def listener_errors(listener: EmailListener | None, values: Mapping[str, Any]) -
             errors["move_to_folder"] = "Choose another folder than the one watched."
         elif len(move_to) > 255:
             errors["move_to_folder"] = "A folder name has at most 255 characters."
-        elif _CONTROL.search(move_to):
+        elif _has_breaks(move_to):
             errors["move_to_folder"] = _NO_CONTROL
     return errors
+
+
+def _has_breaks(name: str) -> bool:
+    return any(unicodedata.category(ch) in _BREAKS for ch in name)
 
 
 def _same_folder(one: str, other: str) -> bool:

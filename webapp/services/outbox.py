@@ -36,6 +36,7 @@ from webapp.mail.outbound import (
     OutboundError,
     OutboundSpec,
     build_outbound,
+    clean_display_name,
     message_bytes,
     outbound_bytes,
 )
@@ -66,8 +67,9 @@ MAX_SUBJECT = 998
 
 
 def one_line(text: str) -> str:
-    """`text` with every run of whitespace (line breaks included) made one space."""
-    return " ".join(text.split())
+    """`text` on one line: every run of whitespace (line breaks included) made one space, and
+    control characters, which no header can carry, too (a sender's subject may hold them)."""
+    return clean_display_name(text)
 
 
 def case_subject(case: Case, subject: str) -> str:

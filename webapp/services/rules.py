@@ -190,28 +190,28 @@ def save_rule(rule: ServiceEmailRule | None, data: RuleData) -> ServiceEmailRule
                 errors["mappings"] = f"Line {number}: {problem}"
                 break
     if data.action == RuleAction.UPDATE_CASE.value:
-        # What only a new case uses would be kept and never do anything.
-        if data.mappings:
+        # What only a new case uses would be kept and never do anything. A rule saved so
+        # before keeps it until it is changed (it can be renamed, exported and imported).
+        if data.mappings and (rule is None or data.mappings != (rule.field_mappings or [])):
             errors["mappings"] = (
                 "A rule that only updates cases maps no fields: fields are set when a case is "
                 "opened. Remove the mappings, or let the rule open cases."
             )
-        if data.send_ack:
+        if data.send_ack and (rule is None or not rule.send_ack):
             errors["send_ack"] = (
                 "An acknowledgement goes out when a case is opened, which a rule that only "
                 "updates cases never does. Turn it off, or let the rule open cases."
             )
-    stage_action = data.stage_action.strip()
-    if len(stage_action) > 100:
+    # Stored as the key the engine fires ("Send back" -> send_back), checked when it can be.
+    stage_action = slugify(data.stage_action.strip()) if data.stage_action.strip() else ""
+    if len(data.stage_action.strip()) > 100:
         errors["stage_action"] = "Keep the action name under 100 characters."
     elif stage_action and definition is not None and case_type is not None:
         actions = _stage_actions(definition)
-        if slugify(stage_action) in actions:
-            stage_action = slugify(stage_action)
-        else:
+        if stage_action not in actions:
             errors["stage_action"] = (
-                f"No stage of {case_type.name} has the action “{stage_action}”: use one of "
-                f"{', '.join(sorted(actions))}."
+                f"No stage of {case_type.name} has the action “{data.stage_action.strip()}”: "
+                f"use one of {', '.join(sorted(actions))}."
             )
     # Line breaks in the subject are folded to spaces; other control characters are refused,
     # as building the acknowledgement would refuse them for every case.
@@ -320,10 +320,14 @@ def map_fields(rule: ServiceEmailRule, message: ParsedMessage) -> list[MappedVal
     if definition is None:
         return []
     results: list[MappedValue] = []
+    timed_out = False
     for mapping in rule.field_mappings or []:
         target = field_of(definition, mapping["field"])
         if target is None:
             continue  # a field the case type no longer has: see stale_mappings
+        if timed_out and mapping["source"] in ("subject_regex", "body_regex"):
+            # The message is quarantined already: one stopped expression a message is enough.
+            continue
         try:
             found = _extract(mapping["source"], mapping["value"], mapping["field"], message)
         except PatternTimeout as exc:
@@ -334,7 +338,7 @@ def map_fields(rule: ServiceEmailRule, message: ParsedMessage) -> list[MappedVal
                 f"{target.label}: the {where} expression for {target.name} {exc}. Simplify "
                 f"it in the rule {rule.name}, then replay the message."
             )
-            found, value = None, ""
+            found, value, timed_out = None, "", True
         else:
             value, error = ("", "") if found is None else convert(target, found)
         results.append(
