@@ -209,6 +209,18 @@ def test_replaying_a_message_whose_case_cannot_be_opened_quarantines_it_again(
     assert f"#{other.id}: quarantined. {refused}" in result.output
     again = load(app, other.id)
     assert (again.status, again.status_reason, again.attempts) == ("quarantined", refused, 2)
+
+    # Something unexpected fails: the same, with the reason every unexpected failure gets.
+    def explode(*args, **kwargs):
+        raise RuntimeError("disk on fire")
+
+    monkeypatch.setattr(case_service, "open_case", explode)
+    result = runner.invoke(args=["mail", "replay", str(other.id)])
+    assert result.exit_code == 1, result.output
+    assert f"#{other.id}: quarantined. Ingesting failed unexpectedly (RuntimeError)" in (
+        result.output
+    )
+    assert load(app, other.id).attempts == 3
     monkeypatch.undo()
     result = runner.invoke(args=["mail", "replay", str(other.id)])
     assert result.exit_code == 0, result.output

@@ -811,13 +811,24 @@ def replay(inbound_id: int) -> InboundMessage:
     inbound.status_reason = ""
     db.session.flush()
     # In a savepoint, as in a batch: a message that fails again (its case cannot be opened,
-    # say) undoes only what ingesting it wrote and is quarantined anew with the new reason.
+    # something unexpected) undoes only what ingesting it wrote and is quarantined anew with
+    # the new reason.
     savepoint = db.session.begin_nested()
     try:
         ingested = ingest_message(inbound_id, proof=proofs.get(inbound_id))
     except IngestError:
         db.session.rollback()
         raise
+    except OperationalError:
+        raise
+    except Exception as exc:
+        _undo(savepoint)
+        log.exception("replay of inbound message %s failed; quarantined", inbound_id)
+        quarantine_failed(inbound_id, exc)
+        db.session.flush()
+        refreshed = db.session.get(InboundMessage, inbound_id, populate_existing=True)
+        assert refreshed is not None
+        return refreshed
     if savepoint.is_active:
         savepoint.commit()
     if ingested is None:
