@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import unicodedata
 from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import datetime, timedelta
@@ -11,6 +10,7 @@ from typing import Any
 from sqlalchemy import func, select
 
 from webapp.extensions import db
+from webapp.mail.outbound import HeaderValueError, header_text
 from webapp.models import (
     AfterProcessing,
     EmailAccount,
@@ -24,7 +24,6 @@ from webapp.models.types import utcnow
 
 # No mail server names a folder with line breaks or other control characters: such a name
 # is a paste gone wrong, and would only fail at every poll.
-_BREAKS = frozenset(("Cc", "Zl", "Zp"))  # controls, line and paragraph separators
 _NO_CONTROL = "A folder name has no line breaks or other control characters."
 
 MESSAGE_FORMATS = ("text", "html", "both")
@@ -160,7 +159,12 @@ def listener_errors(listener: EmailListener | None, values: Mapping[str, Any]) -
 
 
 def _has_breaks(name: str) -> bool:
-    return any(unicodedata.category(ch) in _BREAKS for ch in name)
+    """Whether `name` holds what no single line of text may (the check of header values)."""
+    try:
+        header_text("A folder name", name)
+    except HeaderValueError:
+        return True
+    return False
 
 
 def _same_folder(one: str, other: str) -> bool:
