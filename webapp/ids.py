@@ -25,6 +25,13 @@ def as_id(value: Any) -> int:
     return number
 
 
+def id_in(text: str) -> int | None:
+    """The row ID `text` (from a query string) writes in ASCII digits, or None."""
+    if text.isascii() and text.isdigit() and is_id(int(text)):
+        return int(text)
+    return None
+
+
 def as_optional_id(value: Any) -> int | None:
     """as_id, with None for a select's empty choice (None, "" or "None")."""
     return None if value in (None, "", "None") else as_id(value)

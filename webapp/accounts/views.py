@@ -163,7 +163,7 @@ def show(account_pk: int):
     return render_template(
         "accounts/show.html",
         account=account,
-        listeners=account_service.listeners_by_account().get(account.id, []),
+        listeners=account_service.listeners_of(account),
         form=ConfirmForm(formdata=None),
     )
 

@@ -17,7 +17,7 @@ from webapp.forms.cases import (
     EmailForm,
     case_form_class,
 )
-from webapp.ids import is_id
+from webapp.ids import id_in
 from webapp.mail.compose import reply_subject
 from webapp.models import (
     Approval,
@@ -83,7 +83,7 @@ def _stage_choices(case_type: CaseType | None) -> list[tuple[str, str]]:
 def _assignee_id(value: str) -> int | None:
     if value == "me":
         return int(current_user.id)
-    return int(value) if value.isascii() and value.isdigit() and is_id(int(value)) else None
+    return id_in(value)
 
 
 def _render_queue(title: str, mine: bool):

@@ -269,7 +269,7 @@ def parse_message(
     return ParsedMessage(
         raw_size=len(raw),
         message_id=_message_id(first("message-id")),
-        in_reply_to=_first_msgid(first("in-reply-to")),
+        in_reply_to=_message_id(first("in-reply-to")),
         references=_references(first("references")),
         subject=" ".join(decode_header(first("subject")).split()),
         from_addresses=from_addresses,
@@ -923,13 +923,6 @@ def _message_id(value: str) -> str | None:
     if token and "@" in token and not any(ch.isspace() for ch in token) and len(token) < 500:
         return f"<{token}>"
     return None
-
-
-def _first_msgid(value: str) -> str | None:
-    found = _MSGID_RE.search(value)
-    if found:
-        return found.group(0) if len(found.group(0)) <= MAX_MESSAGE_ID else None
-    return _message_id(value)
 
 
 def _date(value: str) -> datetime | None:

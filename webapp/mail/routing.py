@@ -13,6 +13,7 @@ expression (channel conditions here, rule mappings in services/rules.py) is sear
 
 from __future__ import annotations
 
+import functools
 import re
 import time
 from collections.abc import Iterable, Mapping, Sequence
@@ -61,6 +62,7 @@ class PatternTimeout(Exception):
     """An expression took longer than PATTERN_TIMEOUT on a message's text and was stopped."""
 
 
+@functools.lru_cache(maxsize=512)  # rule mappings compile theirs for each message
 def compile_pattern(
     value: str, *, ignore_case: bool = False, multiline: bool = False
 ) -> regex.Pattern[str]:

@@ -8,7 +8,7 @@ from sqlalchemy import select
 from webapp.extensions import db
 from webapp.forms.auth import ConfirmForm
 from webapp.forms.rules import RuleForm, RuleTestForm
-from webapp.ids import is_id
+from webapp.ids import id_in
 from webapp.mail.filters import Limits
 from webapp.models import EmailChannel, EmailListener, ServiceEmailRule
 from webapp.rules import bp
@@ -57,7 +57,7 @@ def _save(form: RuleForm, rule: ServiceEmailRule | None) -> ServiceEmailRule | N
         data = service.RuleData(
             name=form.name.data or "",
             action=form.action.data or "",
-            case_type_id=int(type_id) if type_id.isdigit() and is_id(int(type_id)) else None,
+            case_type_id=id_in(type_id),
             mappings=mappings,
             stage_action=form.stage_action.data or "",
             resolved_policy=form.resolved_policy.data or "",

@@ -372,6 +372,17 @@ def _current_values(account: EmailAccount) -> dict[str, Any]:
     return {field: getattr(account, field) for field in _PLAIN_FIELDS}
 
 
+def listeners_of(account: EmailAccount) -> list[EmailListener]:
+    """The listeners that receive through `account`, by name."""
+    return list(
+        db.session.scalars(
+            select(EmailListener)
+            .where(EmailListener.account_id == account.id)
+            .order_by(EmailListener.name)
+        )
+    )
+
+
 def listeners_by_account() -> dict[int, list[EmailListener]]:
     """The listeners that receive through each account, by account id, by name."""
     found: dict[int, list[EmailListener]] = {}
@@ -387,9 +398,7 @@ class AccountInUse(ValueError):
 def delete_account(account: EmailAccount) -> None:
     """Delete an account no listener receives through; raises AccountInUse. Cases, messages
     and case types that name it keep their history and lose the link."""
-    names = sorted(
-        db.session.scalars(select(EmailListener.name).where(EmailListener.account_id == account.id))
-    )
+    names = [listener.name for listener in listeners_of(account)]
     if names:
         raise AccountInUse(
             f"The listeners {', '.join(names)} receive mail through this account; "

@@ -33,7 +33,7 @@ from webapp.casetypes.engine import (
 )
 from webapp.casetypes.templating import render
 from webapp.extensions import db
-from webapp.ids import is_id
+from webapp.ids import id_in
 from webapp.models import (
     Case,
     CaseAttachment,
@@ -651,13 +651,14 @@ def _micros(when: datetime) -> int:
 
 def _parse_cursor(value: str) -> tuple[datetime, int] | None:
     """The (time, id) of a cursor, or None for a missing or mangled one (the first page)."""
-    micros, _, case_id = value.partition("_")
-    if not (micros.isascii() and micros.isdigit() and case_id.isascii() and case_id.isdigit()):
+    micros, _, case_text = value.partition("_")
+    case_id = id_in(case_text)
+    # Past year 9999 a time cannot be made.
+    if case_id is None or not (micros.isascii() and micros.isdigit()):
         return None
-    # Past year 9999 a time cannot be made, past the ID range no case has the ID.
-    if int(micros) > _LAST_MICROSECOND or not is_id(int(case_id)):
+    if int(micros) > _LAST_MICROSECOND:
         return None
-    return EPOCH + timedelta(microseconds=int(micros)), int(case_id)
+    return EPOCH + timedelta(microseconds=int(micros)), case_id
 
 
 def find_case(reference: str) -> Case | None:
