@@ -183,3 +183,23 @@ def test_diagram_labels_from_designers_are_inert(app, client, login_as, make_cas
     svg = client.get(f"/case-types/{type_id}/diagram.svg").get_data(as_text=True)
     assert "<image" not in svg and "passwd" in svg
     assert "<b>" not in svg and "\u2039b\u203aGo\u2039/b\u203a \\G" in svg
+
+
+def test_stage_hours_that_are_not_numbers_get_one_message_and_keep_the_stage(
+    app, client, login_as, make_case_type
+):
+    type_id = make_case_type(publish=False)
+    login_as("designer")
+    path = f"/case-types/{type_id}/stages/submission"
+    for typed in ("soon", "sNaN", "NaN", "Infinity", "-inf"):
+        data = _stage_form(client, type_id, "submission")
+        data.update(name="Renamed", sla_goal_hours=typed)
+        response = _post(client, path, data)
+        assert response.status_code == 400, typed
+        html = response.get_data(as_text=True)
+        assert html.count("Enter a number.") == 1, typed
+        assert "Number must be between" not in html, typed
+    data = _stage_form(client, type_id, "submission")
+    assert data["name"] == "Submission"
+    data.update(sla_goal_hours="")
+    assert "Saved the stage Submission." in _post(client, path, data).get_data(as_text=True)

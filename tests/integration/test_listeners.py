@@ -119,6 +119,20 @@ def test_refused_values_are_explained_beside_the_field(
     assert _count(app) == 0
 
 
+@pytest.mark.parametrize("typed", ["abc", "1.5", "1e3"])
+def test_a_number_that_is_not_a_whole_number_gets_one_message(
+    app, client, login_as, make_account, typed
+):
+    account = make_account(receiver_host="mail.example.invalid")
+    login_as("admin")
+    response = _post(client, NEW, _fields(account, max_batch=typed))
+    assert response.status_code == 400
+    html = response.get_data(as_text=True)
+    assert html.count("Enter a whole number.") == 1
+    assert "Number must be between" not in html
+    assert _count(app) == 0
+
+
 def test_pop3_cannot_move_or_watch_another_folder(app, client, login_as, make_account):
     account = make_account(
         receiver_protocol="pop3", receiver_host="mail.example.invalid", receiver_security="none"

@@ -8,7 +8,6 @@ from flask_wtf.file import FileField, FileRequired
 from wtforms import (
     BooleanField,
     EmailField,
-    IntegerField,
     PasswordField,
     SelectChoice,
     SelectField,
@@ -18,7 +17,7 @@ from wtforms import (
 )
 from wtforms.validators import DataRequired, Email, Length, NumberRange, Optional, ValidationError
 
-from webapp.forms.base import BaseForm, row_select
+from webapp.forms.base import BaseForm, IntegerField, row_select
 from webapp.mail import advanced
 from webapp.mail.presets import PRESETS
 from webapp.models import AuthProfile, Keystore, KeystoreKind

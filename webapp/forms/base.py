@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+from decimal import Decimal
 from typing import Any
 
+import wtforms
 from flask_wtf import FlaskForm
 from flask_wtf.file import FileField as FlaskFileField
 from wtforms import FieldList, FileField, FormField, PasswordField, SelectField
+from wtforms.validators import StopValidation
 
 from webapp.ids import as_id, as_optional_id
 
@@ -28,6 +31,45 @@ class BaseForm(FlaskForm):
                 return unbound_field.bind(form=form, **options)
             filters = (_strip, *unbound_field.kwargs.get("filters", ()))
             return unbound_field.bind(form=form, filters=filters, **options)
+
+
+class _ReadFirst:
+    """A number field whose value could not be read as a number says only that: the range
+    check after it would speak of a number that was never typed."""
+
+    process_errors: list[Any]
+    raw_data: list[Any] | None
+
+    def pre_validate(self, form: Any) -> None:
+        # An empty value is left to the validators: "required" or "optional" says what it means.
+        typed = bool(self.raw_data and str(self.raw_data[0]).strip())
+        if self.process_errors and typed:
+            raise StopValidation()
+        super().pre_validate(form)  # type: ignore[misc]
+
+
+class IntegerField(_ReadFirst, wtforms.IntegerField):
+    """A whole number; "abc" or "1.5" is refused with one message."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        kwargs.setdefault("invalid_value_message", "Enter a whole number.")
+        super().__init__(*args, **kwargs)
+
+
+class DecimalField(_ReadFirst, wtforms.DecimalField):
+    """A number; one message for what is not a number, including NaN and infinities (which
+    Python's Decimal reads, and a range check cannot compare)."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        kwargs.setdefault("invalid_value_message", "Enter a number.")
+        super().__init__(*args, **kwargs)
+
+    def process_formdata(self, valuelist: list[Any]) -> None:
+        super().process_formdata(valuelist)
+        value = getattr(self, "data", None)  # wtforms has no types for mypy to follow
+        if isinstance(value, Decimal) and not value.is_finite():
+            self.data = None
+            raise ValueError(self.invalid_value_message)
 
 
 def row_select(label: str, *, choose: str, optional: bool = True, **kwargs: Any) -> SelectField:

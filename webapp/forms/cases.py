@@ -10,7 +10,6 @@ from wtforms import (
     EmailField,
     Field,
     HiddenField,
-    IntegerField,
     SelectChoice,
     SelectField,
     SelectMultipleField,
@@ -22,7 +21,7 @@ from wtforms.validators import DataRequired, InputRequired, Length, Optional
 from wtforms.widgets import CheckboxInput, ListWidget
 
 from webapp.casetypes.definition import Definition, FieldDef
-from webapp.forms.base import BaseForm
+from webapp.forms.base import BaseForm, IntegerField
 
 
 def _field_for(f: FieldDef) -> Any:

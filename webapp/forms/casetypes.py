@@ -6,7 +6,6 @@ from typing import Any
 
 from wtforms import (
     BooleanField,
-    DecimalField,
     FieldList,
     Form,
     FormField,
@@ -22,7 +21,7 @@ from wtforms.validators import DataRequired, Length, NumberRange, Optional, Rege
 
 from webapp.casetypes.definition import FIELD_TYPE_LABELS, FIELD_TYPES
 from webapp.casetypes.starters import STARTERS
-from webapp.forms.base import BaseForm
+from webapp.forms.base import BaseForm, DecimalField
 
 PREFIX_HELP = "1 to 10 capital letters or digits; cases are numbered PREFIX-1001, PREFIX-1002…"
 

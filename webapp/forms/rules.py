@@ -5,7 +5,6 @@ from __future__ import annotations
 from flask_wtf.file import FileField, FileRequired
 from wtforms import (
     BooleanField,
-    IntegerField,
     SelectChoice,
     SelectField,
     StringField,
@@ -14,7 +13,7 @@ from wtforms import (
 )
 from wtforms.validators import DataRequired, InputRequired, Length, NumberRange
 
-from webapp.forms.base import BaseForm
+from webapp.forms.base import BaseForm, IntegerField
 from webapp.models import CaseType, EmailChannel, ServiceEmailRule
 
 ACTIONS = [

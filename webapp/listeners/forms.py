@@ -5,10 +5,10 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
-from wtforms import BooleanField, IntegerField, SelectChoice, SelectField, StringField, SubmitField
+from wtforms import BooleanField, SelectChoice, SelectField, StringField, SubmitField
 from wtforms.validators import InputRequired, Length, NumberRange
 
-from webapp.forms.base import BaseForm, row_select
+from webapp.forms.base import BaseForm, IntegerField, row_select
 from webapp.models import EmailAccount, EmailChannel, ServiceEmailRule
 from webapp.services import listeners as service
 
