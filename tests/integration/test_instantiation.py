@@ -87,6 +87,31 @@ def test_refusals_are_sentences_and_save_nothing(app, make_user, make_account, m
     assert names == {"Expense approval from support", "Expense approval from support (Orders)"}
 
 
+def test_long_folder_names_that_differ_at_the_end_get_names_of_their_own(
+    app, make_user, make_account, make_case_type
+):
+    admin = make_user("admin")
+    account = make_account(account_id="support")
+    type_pk = make_case_type()
+    stem = "Customers/Europe/Germany/Berlin/Orders received by post and scanned/"
+    folders = [stem + "2025", stem + "2026"]
+    ids = [_create(app, type_pk, account, admin, folder=folder) for folder in folders]
+    with app.app_context():
+        listeners = [db.session.get(EmailListener, pk) for pk, _ in ids]
+        rules = [db.session.get(ServiceEmailRule, pk) for _, pk in ids]
+        assert [listener.folder for listener in listeners] == folders
+        names = [listener.name for listener in listeners]
+        assert names == [rule.name for rule in rules]
+        assert names[0] != names[1]
+        for name in names:
+            assert name.startswith("Expense approval from support (Customers/Europe/")
+            assert len(name) <= 100
+    # Setting up the same folder again is still recognised and refused.
+    with pytest.raises(InstantiationError, match="A listener named Expense approval from"):
+        _create(app, type_pk, account, admin, folder=folders[1])
+    assert _counts(app) == (2, 2)
+
+
 def test_a_listener_refusal_leaves_no_rule_behind(app, make_user, make_account, make_case_type):
     account = make_account(account_id="popbox", receiver_protocol="pop3", receiver_port=110)
     with pytest.raises(InstantiationError, match="A POP3 account has only one folder"):

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import hashlib
+
 from sqlalchemy import func, select
 
 from webapp.extensions import db
@@ -43,11 +45,20 @@ def receiving_accounts() -> list[EmailAccount]:
 
 
 def instance_name(case_type: CaseType, account: EmailAccount, folder: str) -> str:
-    """The name given to both the listener and the rule: "<Case type> from <account>"."""
+    """The name given to both the listener and the rule: "<Case type> from <account>", with
+    the folder unless it is INBOX.
+
+    A name longer than either page takes is cut, and ends with a short digest of the whole
+    name: two folders whose names differ only after the cut still get two names, and one
+    folder always gets the same name (which is how a second setup of it is recognised).
+    """
     name = f"{case_type.name} from {account.account_id}"
     if folder.upper() != "INBOX":
         name += f" ({folder})"
-    return name
+    if len(name) <= MAX_NAME:
+        return name
+    digest = hashlib.sha256(name.encode()).hexdigest()[:6]
+    return name[: MAX_NAME - len(digest) - 2].rstrip() + "… " + digest
 
 
 def feeding_listeners(case_type: CaseType) -> list[EmailListener]:
@@ -92,10 +103,6 @@ def create_cases_from_email(
         raise InstantiationError(message, {"account_id": message})
     folder = folder.strip() or "INBOX"
     name = instance_name(case_type, account, folder)
-    if len(name) > MAX_NAME:
-        # Both services would refuse the whole name; a cut one is still readable and unique
-        # enough, and the pages let the admin rename both.
-        name = name[: MAX_NAME - 1].rstrip() + "…"
     taken = _name_taken(name)
     if taken:
         raise InstantiationError(taken, {"account_id": taken})
