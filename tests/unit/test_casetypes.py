@@ -79,6 +79,19 @@ def test_template_referring_to_an_unknown_field():
     )
 
 
+def test_a_half_written_placeholder_in_a_notification_is_refused():
+    data = _expense()
+    note = data["stages"][1]["notifications"][0]
+    note["subject"] = "About {{ case_id"
+    note["body"] = "Pay {{ amount }} please, {{requester}"
+    assert _messages(data) == [
+        "stages[1].notifications[0]: In the template, “{{ case_id” is not a placeholder "
+        "(write {{ name }}, with both pairs of braces).",
+        "stages[1].notifications[0]: In the template, “{{requester}” is not a placeholder "
+        "(write {{ name }}, with both pairs of braces).",
+    ]
+
+
 def test_duplicate_names():
     data = _expense()
     data["fields"].append({"name": "amount", "label": "Again"})

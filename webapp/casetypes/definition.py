@@ -9,7 +9,7 @@ from datetime import date
 from decimal import Decimal, InvalidOperation
 from typing import Any
 
-from webapp.casetypes.templating import BUILTIN_NAMES, placeholders
+from webapp.casetypes.templating import BUILTIN_NAMES, broken_placeholder_problem, placeholders
 
 WORK = "work"
 APPROVAL = "approval"
@@ -638,6 +638,10 @@ def _stage_problems(
                         f"use one of: {', '.join(sorted(known))}.",
                     )
                 )
+        for text in (note.subject, note.body):
+            broken = broken_placeholder_problem(text)
+            if broken:
+                add(Problem(where, f"In the template, {broken}."))
         for name in note.address_fields:
             f = definition.field_named(name)
             if f is None or f.type != "email":

@@ -30,6 +30,19 @@ def broken_placeholders(template: str) -> list[str]:
     return [match.group(0).strip() for match in _STRAY_BRACES.finditer(rest)]
 
 
+def broken_placeholder_problem(template: str) -> str:
+    """What in `template` looks like a placeholder but is not one, as a sentence part (no
+    final stop), or ""."""
+    broken = list(dict.fromkeys(broken_placeholders(template)))
+    if not broken:
+        return ""
+    verb = "is not a placeholder" if len(broken) == 1 else "are not placeholders"
+    return (
+        f"{', '.join(f'“{b}”' for b in broken)} {verb} (write {{{{ name }}}}, with both pairs "
+        "of braces)"
+    )
+
+
 def render(template: str, values: Mapping[str, str]) -> str:
     """Fill the placeholders; an unknown name becomes an empty string."""
     return PLACEHOLDER.sub(lambda match: values.get(match.group(1), ""), template)

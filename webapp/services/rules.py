@@ -17,7 +17,7 @@ from webapp.casetypes.definition import (
     slugify,
 )
 from webapp.casetypes.engine import APPROVE, REJECT
-from webapp.casetypes.templating import broken_placeholders, placeholders
+from webapp.casetypes.templating import broken_placeholder_problem, placeholders
 from webapp.extensions import db
 from webapp.mail.outbound import HeaderValueError, header_text
 from webapp.mail.parse import ParsedMessage
@@ -273,13 +273,9 @@ def _placeholder_problem(template: str, definition: Definition | None) -> str:
     unknown = [n for n in dict.fromkeys(placeholders(template)) if n not in known]
     if unknown and definition is not None:
         problems.append("Unknown placeholder " + ", ".join(f"{{{{ {n} }}}}" for n in unknown))
-    broken = list(dict.fromkeys(broken_placeholders(template)))
+    broken = broken_placeholder_problem(template)
     if broken:
-        verb = "is not a placeholder" if len(broken) == 1 else "are not placeholders"
-        problems.append(
-            f"{', '.join(f'“{b}”' for b in broken)} {verb} (write {{{{ name }}}}, with both "
-            "pairs of braces)"
-        )
+        problems.append(broken)
     return f"{'; '.join(problems)}: use one of: {listed}." if problems else ""
 
 
