@@ -253,6 +253,34 @@ def test_a_flood_of_references_neither_blocks_a_batch_nor_grows_the_answer(app, 
 
 
 @both_databases
+def test_replies_whose_references_add_up_to_many_hundred_ids_all_find_their_case(app, route):
+    """A batch reads the cases its replies answer in pieces of 500 ids; the thread's id sorts
+    after 12 x 49 others, so it is found only in the second piece."""
+    listener_id = route()
+    ingest(app, store(app, message(), listener_id))  # EXP-1001, Message-ID <m1@example.com>
+    replies = []
+    for n in range(12):
+        others = "".join(f" <a{n}-{k}@flood.example>" for k in range(60))
+        raw = message(
+            subject="Re: Taxi to the airport",
+            body="See the thread.\n",
+            message_id=f"<r{n}@example.com>",
+            headers=f"References: <m1@example.com>{others}\r\n",
+        )
+        replies.append(store(app, raw, listener_id))
+    with app.app_context():
+        enqueue_ingest(replies)
+    assert run_worker(app, [INBOUND], burst=True) is True
+    for inbound_id in replies:
+        inbound = load(app, inbound_id)
+        assert (inbound.status, inbound.status_reason) == (
+            "processed",
+            "Joins EXP-1001 (matched by In-Reply-To/References (References)).",
+        )
+    assert count(app, Case) == 1
+
+
+@both_databases
 def test_a_sender_no_mail_can_reach_is_quarantined_and_never_answered(app, route):
     listener_id = route()
     with app.app_context():
