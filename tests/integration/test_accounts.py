@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import html
+import threading
 
 from sqlalchemy import func, select
 
@@ -297,6 +298,50 @@ def test_an_account_a_listener_receives_through_is_not_deleted(
     listener = f'<a href="/admin/listeners/{listener_id}">Listener for Expenses by email</a>'
     assert listener in client.get("/admin/accounts").get_data(as_text=True)
     assert listener in client.get(f"/admin/accounts/{pk}").get_data(as_text=True)
+
+
+@both_databases
+def test_deleting_an_account_waits_for_a_listener_being_saved_on_it(app, make_account):
+    """An admin saves a listener on the account while another deletes the account: the delete
+    waits for the save and then refuses, naming the listener, instead of failing."""
+    from webapp.models import EmailListener
+    from webapp.services.accounts import AccountInUse, delete_account
+
+    pk = make_account("expenses")
+    saved, release, outcome = threading.Event(), threading.Event(), []
+
+    def save_listener() -> None:
+        with app.app_context():
+            db.session.add(EmailListener(name="Orders", account_id=pk, folder="INBOX"))
+            db.session.flush()
+            saved.set()
+            release.wait(10)
+            db.session.commit()
+
+    def delete() -> None:
+        with app.app_context():
+            try:
+                delete_account(db.session.get(EmailAccount, pk))
+                db.session.commit()
+                outcome.append("deleted")
+            except AccountInUse as exc:
+                db.session.rollback()
+                outcome.append(str(exc))
+
+    saving = threading.Thread(target=save_listener)
+    saving.start()
+    assert saved.wait(10)
+    deleting = threading.Thread(target=delete)
+    deleting.start()
+    deleting.join(0.5)
+    release.set()
+    saving.join(10)
+    deleting.join(10)
+    assert outcome == [
+        "The listeners Orders receive mail through this account; move them to another account "
+        "or delete them first."
+    ]
+    assert _count(app) == 1
 
 
 @both_databases

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import threading
 from datetime import timedelta
 
 import pytest
@@ -234,6 +235,55 @@ def test_editing_keeps_the_listener_and_delete_keeps_its_messages(
     assert _count(app) == 0
     with app.app_context():
         assert db.session.scalar(select(func.count(InboundMessage.id))) == 1
+
+
+@both_databases
+def test_a_message_stored_while_its_listener_is_deleted_keeps_the_listener(
+    app, make_account, make_listener
+):
+    """A poll or an intake stores a message while an admin deletes the listener: the delete
+    waits for it and then refuses, instead of leaving the message with no listener."""
+    from webapp.services.intake import store_for_listener
+    from webapp.services.listeners import ListenerInUse, delete_listener
+
+    listener_id = make_listener(make_account(receiver_host="mail.example.invalid"))
+    stored, release, outcome = threading.Event(), threading.Event(), []
+
+    def intake() -> None:
+        with app.app_context():
+            listener = db.session.get(EmailListener, listener_id)
+            store_for_listener(make_raw("Order 7"), "mta", listener)
+            db.session.flush()
+            stored.set()
+            release.wait(10)
+            db.session.commit()
+
+    def delete() -> None:
+        with app.app_context():
+            try:
+                delete_listener(db.session.get(EmailListener, listener_id))
+                db.session.commit()
+                outcome.append("deleted")
+            except ListenerInUse as exc:
+                db.session.rollback()
+                outcome.append(str(exc))
+
+    storing = threading.Thread(target=intake)
+    storing.start()
+    assert stored.wait(10)
+    deleting = threading.Thread(target=delete)
+    deleting.start()
+    deleting.join(0.5)
+    release.set()
+    storing.join(10)
+    deleting.join(10)
+    assert outcome == [
+        "1 message this listener stored is still waiting to be ingested. Disable the listener, "
+        "and delete it once the workers have ingested them."
+    ]
+    with app.app_context():
+        assert _count(app) == 1
+        assert db.session.scalar(select(InboundMessage.listener_id)) == listener_id
 
 
 def test_cli_runs_one_poll_and_lists_listeners(

@@ -26,6 +26,7 @@ from webapp.models.types import utcnow
 from webapp.secretbox import SecretError, get_secretbox
 from webapp.services.auth_profiles import oauth_settings, profile_token
 from webapp.services.mail_settings import host_policy
+from webapp.services.turns import hold_row
 
 ACCOUNT_ID_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
 SENDER_PROTOCOLS = ("smtp", "graph")
@@ -398,6 +399,8 @@ class AccountInUse(ValueError):
 def delete_account(account: EmailAccount) -> None:
     """Delete an account no listener receives through; raises AccountInUse. Cases, messages
     and case types that name it keep their history and lose the link."""
+    # A listener being saved on it right now is waited for, and named.
+    hold_row(EmailAccount, account.id)
     names = [listener.name for listener in listeners_of(account)]
     if names:
         raise AccountInUse(

@@ -21,6 +21,7 @@ from webapp.models import (
     ServiceEmailRule,
 )
 from webapp.models.types import utcnow
+from webapp.services.turns import hold_row
 
 # No mail server names a folder with line breaks or other control characters: such a name
 # is a paste gone wrong, and would only fail at every poll.
@@ -207,6 +208,8 @@ def delete_listener(listener: EmailListener) -> None:
     """Delete a listener whose stored messages have all been ingested; raises ListenerInUse.
     The messages stay, without their listener. One still waiting would be left with no rule to
     ingest it through, so the listener stays until the workers are done with them."""
+    # A poll or an intake storing a message for it right now is waited for, and counted.
+    hold_row(EmailListener, listener.id)
     waiting = db.session.scalar(
         select(func.count(InboundMessage.id)).where(
             InboundMessage.listener_id == listener.id,

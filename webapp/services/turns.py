@@ -15,6 +15,9 @@ from __future__ import annotations
 import fcntl
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from typing import Any
+
+from sqlalchemy import select, update
 
 from webapp.extensions import db
 
@@ -44,3 +47,21 @@ def turn_file() -> str | None:
     if database.startswith("file:") or url.query.get("uri"):
         return None  # a URI names the file in its own way; SQLite's own waiting applies
     return f"{database}.ingest-turn"
+
+
+def hold_row(model: Any, row_id: int) -> None:
+    """Wait for, then hold until the transaction ends, the right to change the row `row_id` of
+    `model`, as a writer of it would: PostgreSQL locks the row FOR UPDATE, which also waits for
+    a transaction that is adding rows that refer to it; SQLite takes its one write lock, which
+    waits for any other writer. What the transaction reads next includes what they committed.
+    """
+    key = model.id
+    if db.session.get_bind().dialect.name == "sqlite":
+        db.session.execute(
+            update(model)
+            .where(key == row_id)
+            .values({key: key})
+            .execution_options(synchronize_session=False)
+        )
+    else:
+        db.session.execute(select(key).where(key == row_id).with_for_update())
