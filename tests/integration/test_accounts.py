@@ -3,12 +3,12 @@
 from __future__ import annotations
 
 import html
-import threading
 
 from sqlalchemy import func, select
 
 from tests.fixtures.app import both_databases, csrf_token
 from tests.support.inbound import make_route
+from tests.support.race import while_another_writes
 from webapp.extensions import db
 from webapp.models import EmailAccount
 from webapp.secretbox import get_secretbox
@@ -308,39 +308,17 @@ def test_deleting_an_account_waits_for_a_listener_being_saved_on_it(app, make_ac
     from webapp.services.accounts import AccountInUse, delete_account
 
     pk = make_account("expenses")
-    saved, release, outcome = threading.Event(), threading.Event(), []
 
     def save_listener() -> None:
-        with app.app_context():
-            db.session.add(EmailListener(name="Orders", account_id=pk, folder="INBOX"))
-            db.session.flush()
-            saved.set()
-            release.wait(10)
-            db.session.commit()
+        db.session.add(EmailListener(name="Orders", account_id=pk, folder="INBOX"))
 
     def delete() -> None:
-        with app.app_context():
-            try:
-                delete_account(db.session.get(EmailAccount, pk))
-                db.session.commit()
-                outcome.append("deleted")
-            except AccountInUse as exc:
-                db.session.rollback()
-                outcome.append(str(exc))
+        delete_account(db.session.get(EmailAccount, pk))
 
-    saving = threading.Thread(target=save_listener)
-    saving.start()
-    assert saved.wait(10)
-    deleting = threading.Thread(target=delete)
-    deleting.start()
-    deleting.join(0.5)
-    release.set()
-    saving.join(10)
-    deleting.join(10)
-    assert outcome == [
+    assert while_another_writes(app, save_listener, delete, AccountInUse) == (
         "The listeners Orders receive mail through this account; move them to another account "
         "or delete them first."
-    ]
+    )
     assert _count(app) == 1
 
 

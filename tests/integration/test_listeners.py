@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import threading
 from datetime import timedelta
 
 import pytest
@@ -12,6 +11,7 @@ from sqlalchemy import func, select
 from tests.fixtures.app import AuthActions, both_databases, csrf_token
 from tests.fixtures.listeners import make_raw
 from tests.support.ports import free_port
+from tests.support.race import while_another_writes
 from webapp import create_app
 from webapp.extensions import db, get_redis
 from webapp.models import EmailListener, InboundMessage
@@ -247,40 +247,18 @@ def test_a_message_stored_while_its_listener_is_deleted_keeps_the_listener(
     from webapp.services.listeners import ListenerInUse, delete_listener
 
     listener_id = make_listener(make_account(receiver_host="mail.example.invalid"))
-    stored, release, outcome = threading.Event(), threading.Event(), []
 
     def intake() -> None:
-        with app.app_context():
-            listener = db.session.get(EmailListener, listener_id)
-            store_for_listener(make_raw("Order 7"), "mta", listener)
-            db.session.flush()
-            stored.set()
-            release.wait(10)
-            db.session.commit()
+        listener = db.session.get(EmailListener, listener_id)
+        store_for_listener(make_raw("Order 7"), "mta", listener)
 
     def delete() -> None:
-        with app.app_context():
-            try:
-                delete_listener(db.session.get(EmailListener, listener_id))
-                db.session.commit()
-                outcome.append("deleted")
-            except ListenerInUse as exc:
-                db.session.rollback()
-                outcome.append(str(exc))
+        delete_listener(db.session.get(EmailListener, listener_id))
 
-    storing = threading.Thread(target=intake)
-    storing.start()
-    assert stored.wait(10)
-    deleting = threading.Thread(target=delete)
-    deleting.start()
-    deleting.join(0.5)
-    release.set()
-    storing.join(10)
-    deleting.join(10)
-    assert outcome == [
+    assert while_another_writes(app, intake, delete, ListenerInUse) == (
         "1 message this listener stored is still waiting to be ingested. Disable the listener, "
         "and delete it once the workers have ingested them."
-    ]
+    )
     with app.app_context():
         assert _count(app) == 1
         assert db.session.scalar(select(InboundMessage.listener_id)) == listener_id
