@@ -107,6 +107,7 @@ def test_a_server_that_does_not_answer_gives_a_text_field_with_a_note(
             "A folder name has no line breaks or other control",
         ),
         ({"name": ""}, "This field is required."),
+        ({"max_batch": "  "}, "Enter the batch size."),
     ],
 )
 def test_refused_values_are_explained_beside_the_field(
@@ -116,7 +117,9 @@ def test_refused_values_are_explained_beside_the_field(
     login_as("admin")
     response = _post(client, NEW, _fields(account, **overrides))
     assert response.status_code == 400
-    assert message in response.get_data(as_text=True)
+    html = response.get_data(as_text=True)
+    assert message in html
+    assert html.count('class="invalid-feedback') == 1
     assert _count(app) == 0
 
 

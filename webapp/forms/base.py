@@ -35,15 +35,22 @@ class BaseForm(FlaskForm):
 
 class _ReadFirst:
     """A number field whose value could not be read as a number says only that: the range
-    check after it would speak of a number that was never typed."""
+    check after it would speak of a number that was never typed. Spaces alone are no value,
+    left to "required" or "optional" to say what that means."""
 
     process_errors: list[Any]
     raw_data: list[Any] | None
+    data: Any
+
+    def process_formdata(self, valuelist: list[Any]) -> None:
+        if valuelist and isinstance(valuelist[0], str) and not valuelist[0].strip():
+            self.raw_data = [""]
+            self.data = None
+            return
+        super().process_formdata(valuelist)  # type: ignore[misc]
 
     def pre_validate(self, form: Any) -> None:
-        # An empty value is left to the validators: "required" or "optional" says what it means.
-        typed = bool(self.raw_data and str(self.raw_data[0]).strip())
-        if self.process_errors and typed:
+        if self.process_errors:
             raise StopValidation()
         super().pre_validate(form)  # type: ignore[misc]
 
@@ -66,8 +73,7 @@ class DecimalField(_ReadFirst, wtforms.DecimalField):
 
     def process_formdata(self, valuelist: list[Any]) -> None:
         super().process_formdata(valuelist)
-        value = getattr(self, "data", None)  # wtforms has no types for mypy to follow
-        if isinstance(value, Decimal) and not value.is_finite():
+        if isinstance(self.data, Decimal) and not self.data.is_finite():
             self.data = None
             raise ValueError(self.invalid_value_message)
 
