@@ -125,6 +125,41 @@ def test_errors_name_the_file_and_the_key_and_nothing_is_saved(app, runner, tmp_
     assert f"{path}: accounts_typo: unknown section" in result.output
 
 
+def test_a_published_version_a_newer_check_refuses_still_imports_as_it_stands(
+    app, runner, tmp_path
+):
+    """A version stored before a design check existed (here: a notification subject with a
+    half-written placeholder) is exported and imported again unchanged; a file that changes
+    it is held to every check."""
+    assert runner.invoke(args=["config", "import", str(EXAMPLE)]).exit_code == 0
+    with app.app_context():
+        latest = db.session.scalar(select(CaseType)).latest_version
+        definition = dict(latest.definition)
+        stages = [dict(stage) for stage in definition["stages"]]
+        noted = next(i for i, stage in enumerate(stages) if stage.get("notifications"))
+        notes = [dict(note) for note in stages[noted]["notifications"]]
+        notes[0]["subject"] = "About {{ case_id"
+        stages[noted]["notifications"] = notes
+        definition["stages"] = stages
+        latest.definition = definition
+        latest.case_type.draft = definition
+        db.session.commit()
+    exported = tmp_path / "exported.yaml"
+    assert runner.invoke(args=["config", "export", "--output", str(exported)]).exit_code == 0
+    result = runner.invoke(args=["config", "import", str(exported)])
+    assert result.exit_code == 0, result.output
+    assert "case type Expense approval: unchanged" in result.output
+    assert _versions(app) == 1
+
+    data = yaml.safe_load(exported.read_text())
+    data["case_types"][0]["stages"][noted]["notifications"][0]["body"] += " Thanks."
+    exported.write_text(yaml.safe_dump(data))
+    result = runner.invoke(args=["config", "import", str(exported)])
+    assert result.exit_code != 0
+    assert "“{{ case_id” is not a placeholder" in result.output
+    assert _versions(app) == 1
+
+
 def test_changing_the_file_publishes_a_new_version(app, runner, tmp_path):
     runner.invoke(args=["config", "import", str(EXAMPLE)])
     data = yaml.safe_load(EXAMPLE.read_text())

@@ -14,7 +14,7 @@ import yaml
 from email_validator import EmailNotValidError, validate_email
 from sqlalchemy import func, select
 
-from webapp.casetypes.definition import DefinitionError, parse_definition
+from webapp.casetypes.definition import Definition, DefinitionError, parse_definition
 from webapp.extensions import db
 from webapp.mail import advanced
 from webapp.models import (
@@ -227,8 +227,11 @@ def _import_case_types(items: Any, where: str, report: ImportReport) -> None:
         try:
             parsed = parse_definition(definition, check=bool(publish))
         except DefinitionError as exc:
-            problems.extend(f"{path}.{p.path}: {p.message}" for p in exc.problems)
-            continue
+            published = _published_as_is(name, definition)
+            if published is None:
+                problems.extend(f"{path}.{p.path}: {p.message}" for p in exc.problems)
+                continue
+            parsed = published
         if publish:
             problems.extend(
                 f"{path}.{p.path}: {p.message}" for p in casetype_service.unknown_users(parsed)
@@ -246,6 +249,25 @@ def _import_case_types(items: Any, where: str, report: ImportReport) -> None:
         raise ConfigError(problems)
     for path, item, name, definition, publish in checked:
         report.changes.append(_apply_case_type(path, item, name, definition, publish))
+
+
+def _published_as_is(name: str, definition: dict[str, Any]) -> Definition | None:
+    """`definition`, read without the design checks, when it is the newest published version
+    of the case type `name` as it stands (importing it changes nothing); else None. A version
+    published before a check was added stays importable: an export of a working installation
+    imports again."""
+    case_type = casetype_service.find_case_type(name)
+    if case_type is None or case_type.name.lower() != name.lower():
+        return None
+    latest = case_type.latest_version
+    if latest is None:
+        return None
+    try:
+        parsed = parse_definition(definition, check=False)
+        stored = parse_definition(latest.definition, check=False)
+    except DefinitionError:
+        return None
+    return parsed if parsed.to_dict() == stored.to_dict() else None
 
 
 def _apply_case_type(
