@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import html
+
 import pytest
 from sqlalchemy import func, select
 
@@ -77,14 +79,26 @@ def test_refusals_are_sentences_and_save_nothing(app, make_user, make_account, m
     assert _counts(app) == (0, 0)
 
     _create(app, published, account, admin)
-    with pytest.raises(InstantiationError, match="A listener named Expense approval from support"):
+    already = (
+        "The listener Expense approval from support already brings the mail of INBOX in support "
+        "to Expense approval: change it on the listeners page."
+    )
+    for folder in ("INBOX", "inbox"):
+        with pytest.raises(InstantiationError, match=already):
+            _create(app, published, account, admin, folder=folder)
+    assert _counts(app) == (1, 1)
+    # Whatever the listener has been renamed to.
+    with app.app_context():
+        db.session.scalar(select(EmailListener)).name = "Support desk"
+        db.session.commit()
+    with pytest.raises(InstantiationError, match="The listener Support desk already brings"):
         _create(app, published, account, admin)
     assert _counts(app) == (1, 1)
     # Another folder of the same account is another listener with a name of its own.
     _create(app, published, account, admin, folder="Orders")
     with app.app_context():
         names = set(db.session.scalars(select(EmailListener.name)))
-    assert names == {"Expense approval from support", "Expense approval from support (Orders)"}
+    assert names == {"Support desk", "Expense approval from support (Orders)"}
 
 
 def test_long_folder_names_that_differ_at_the_end_get_names_of_their_own(
@@ -107,7 +121,7 @@ def test_long_folder_names_that_differ_at_the_end_get_names_of_their_own(
             assert name.startswith("Expense approval from support (Customers/Europe/")
             assert len(name) <= 100
     # Setting up the same folder again is still recognised and refused.
-    with pytest.raises(InstantiationError, match="A listener named Expense approval from"):
+    with pytest.raises(InstantiationError, match="already brings the mail of Customers/"):
         _create(app, type_pk, account, admin, folder=folders[1])
     assert _counts(app) == (2, 2)
 
@@ -161,7 +175,9 @@ def test_admin_creates_cases_from_email_on_the_case_type_page(
         data={"account_id": str(account), "folder": "Claims", "csrf_token": token},
     )
     assert again.status_code == 400
-    assert "already exists" in again.get_data(as_text=True)
+    assert (
+        f"The listener {name} already brings the mail of Claims in claims to Expense approval"
+    ) in html.unescape(again.get_data(as_text=True))
 
 
 def test_errors_sit_beside_the_fields_and_csrf_is_required(

@@ -50,7 +50,7 @@ def instance_name(case_type: CaseType, account: EmailAccount, folder: str) -> st
 
     A name longer than either page takes is cut, and ends with a short digest of the whole
     name: two folders whose names differ only after the cut still get two names, and one
-    folder always gets the same name (which is how a second setup of it is recognised).
+    folder always gets the same name.
     """
     name = f"{case_type.name} from {account.account_id}"
     if folder.upper() != "INBOX":
@@ -80,8 +80,8 @@ def create_cases_from_email(
     the account becomes the case type's sending account when it has none.
 
     Raises InstantiationError (nothing saved) when the user is not an admin, the case type is
-    not published, the account has no receiver, the name is taken, or the listener or rule
-    services refuse the values.
+    not published, the account has no receiver, a listener already brings this folder's mail
+    to the case type, the name is taken, or the listener or rule services refuse the values.
     """
     if user.role != Role.ADMIN:
         raise InstantiationError(
@@ -102,6 +102,21 @@ def create_cases_from_email(
         )
         raise InstantiationError(message, {"account_id": message})
     folder = folder.strip() or "INBOX"
+    already = next(
+        (
+            listener
+            for listener in feeding_listeners(case_type)
+            if listener.account_id == account.id
+            and listener_service.same_folder(listener.folder, folder)
+        ),
+        None,
+    )
+    if already is not None:
+        message = (
+            f"The listener {already.name} already brings the mail of {already.folder} in "
+            f"{account.account_id} to {case_type.name}: change it on the listeners page."
+        )
+        raise InstantiationError(message, {"folder": message})
     name = instance_name(case_type, account, folder)
     taken = _name_taken(name)
     if taken:

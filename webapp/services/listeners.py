@@ -150,7 +150,7 @@ def listener_errors(listener: EmailListener | None, values: Mapping[str, Any]) -
             )
         elif not move_to:
             errors["move_to_folder"] = "Enter the folder to move processed messages to."
-        elif _same_folder(move_to, folder):
+        elif same_folder(move_to, folder):
             errors["move_to_folder"] = "Choose another folder than the one watched."
         elif len(move_to) > 255:
             errors["move_to_folder"] = "A folder name has at most 255 characters."
@@ -168,7 +168,7 @@ def _has_breaks(name: str) -> bool:
     return False
 
 
-def _same_folder(one: str, other: str) -> bool:
+def same_folder(one: str, other: str) -> bool:
     """Whether two IMAP folder names name one folder: INBOX in any case is always INBOX
     (RFC 3501); servers tell other names apart by case."""
     return one == other or one.upper() == other.upper() == "INBOX"
