@@ -42,8 +42,10 @@ def while_another_writes(
     acting = threading.Thread(target=actor)
     acting.start()
     acting.join(0.5)
+    alive = acting.is_alive()  # it must be waiting for the write, not done before it
     release.set()
     writing.join(10)
     acting.join(10)
     assert len(outcome) == 1, "the second transaction did not finish"
+    assert alive, "the second transaction finished without waiting for the first"
     return outcome[0]
