@@ -311,6 +311,7 @@ def test_deleting_an_account_waits_for_a_listener_being_saved_on_it(app, make_ac
 
     def save_listener() -> None:
         db.session.add(EmailListener(name="Orders", account_id=pk, folder="INBOX"))
+        db.session.flush()
 
     def delete() -> None:
         delete_account(db.session.get(EmailAccount, pk))

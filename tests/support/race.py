@@ -13,15 +13,14 @@ from webapp.extensions import db
 def while_another_writes(
     app: Flask, write: Callable[[], None], act: Callable[[], None], refusal: type[Exception]
 ) -> str:
-    """Run `write` in a transaction of its own, flushed and left open, start `act` in another
-    and commit `write` half a second later. "done" when `act` committed, else the message of
-    the `refusal` it raised (its transaction rolled back)."""
+    """Run `write` (which flushes what it writes) in a transaction of its own, left open,
+    start `act` in another and commit `write` half a second later. "done" when `act`
+    committed, else the message of the `refusal` it raised (its transaction rolled back)."""
     written, release, outcome = threading.Event(), threading.Event(), []
 
     def writer() -> None:
         with app.app_context():
             write()
-            db.session.flush()
             written.set()
             release.wait(10)
             db.session.commit()

@@ -21,8 +21,11 @@ def check_size(size: int, max_size: int | None) -> None:
         raise IntakeError(f"the message has {size} bytes, more than the limit of {max_size}")
 
 
-def store_inbound(raw: bytes, source: str, max_size: int | None = None) -> InboundMessage:
-    """Store `raw` as an InboundMessage (flushed, not committed); raises IntakeError."""
+def store_inbound(
+    raw: bytes, source: str, max_size: int | None = None, listener: EmailListener | None = None
+) -> InboundMessage:
+    """Store `raw` as an InboundMessage (flushed, not committed), for `listener` when given;
+    raises IntakeError."""
     if source not in SOURCES:
         raise IntakeError(f"unknown source {source!r}")
     if not raw.strip():
@@ -38,6 +41,11 @@ def store_inbound(raw: bytes, source: str, max_size: int | None = None) -> Inbou
         size=len(raw),
         raw=raw,
     )
+    if listener is not None:
+        # Named in the same statement as the row is written, so that the listener's row is
+        # locked against deletion from then on (see services.listeners.delete_listener).
+        message.listener_id = listener.id
+        message.account_id = listener.account_id
     db.session.add(message)
     db.session.flush()
     return message
@@ -46,7 +54,4 @@ def store_inbound(raw: bytes, source: str, max_size: int | None = None) -> Inbou
 def store_for_listener(raw: bytes, source: str, listener: EmailListener) -> InboundMessage:
     """Store `raw` for `listener` within its size limit (flushed, not committed); raises
     IntakeError."""
-    message = store_inbound(raw, source, max_size=listener.max_message_bytes)
-    message.listener_id = listener.id
-    message.account_id = listener.account_id
-    return message
+    return store_inbound(raw, source, max_size=listener.max_message_bytes, listener=listener)
