@@ -20,6 +20,7 @@ import time
 from collections.abc import Sequence
 from datetime import timedelta
 
+from rq import Worker
 from sqlalchemy.exc import OperationalError
 
 from webapp.extensions import db, get_queue
@@ -29,10 +30,13 @@ from workers.queues import INBOUND
 
 log = logging.getLogger(__name__)
 
-# Ids per ingest job. A job's fixed cost (RQ, the claim, the shared reads, the commit) is a few
-# milliseconds; 50 keeps it under a tenth of a millisecond per message while a poll batch of
-# 100 still makes two jobs, for two workers to share, and the first can start early.
-BATCH = 50
+# The most ids one ingest job takes. A job's fixed cost (RQ's bookkeeping, the claim, the shared
+# reads, the commit) is some 10 ms, more than ingesting a message: the fewer jobs, the less of
+# it a message pays.
+BATCH = 100
+# With several workers, what is enqueued together is shared out among them in jobs of at least
+# this many ids, so that each has its part of a poll's batch.
+MIN_SHARE = 25
 # A message whose case changed while it was being ingested is tried again at once, in a new
 # transaction, up to this many times in all; after that it waits for the reconciler.
 ATTEMPTS = 3
@@ -45,11 +49,30 @@ _startup_frozen = False
 
 
 def enqueue_ingest(inbound_ids: Sequence[int]) -> None:
-    """Enqueue ingest jobs for stored (committed) messages, in batches."""
+    """Enqueue ingest jobs for stored (committed) messages, in batches (`job_sizes`)."""
     queue = get_queue(INBOUND)
     ids = list(inbound_ids)
-    for start in range(0, len(ids), BATCH):
-        queue.enqueue(ingest_messages, ids[start : start + BATCH], job_timeout=600)
+    # Below two shares it is one job whoever listens: no need to ask.
+    workers = Worker.count(queue=queue) if len(ids) >= 2 * MIN_SHARE else 1
+    start = 0
+    for size in job_sizes(len(ids), workers):
+        queue.enqueue(ingest_messages, ids[start : start + size], job_timeout=600)
+        start += size
+
+
+def job_sizes(count: int, workers: int) -> list[int]:
+    """How many ids each job of `count` takes: at most BATCH, in as few jobs as that allows;
+    with several `workers` (the ones listening on the queue, on any machine), in as many jobs
+    as there are workers or a multiple of it, so that they share the work evenly, as long as
+    no job gets fewer than MIN_SHARE."""
+    if count <= 0:
+        return []
+    jobs = -(-count // BATCH)
+    if workers > 1:
+        even = -(-jobs // workers) * workers
+        jobs = max(jobs, min(even, count // MIN_SHARE))
+    size, rest = divmod(count, jobs)
+    return [size + 1] * rest + [size] * (jobs - rest)
 
 
 @job

@@ -487,6 +487,41 @@ def test_the_intake_refuses_an_unknown_listener_with_exit_65(runner, app):
     assert count(app, InboundMessage) == 0
 
 
+def test_a_batch_is_one_job_for_one_worker_and_shared_out_among_several(app, redis_client):
+    from rq import Worker
+
+    from workers.inbound import job_sizes
+
+    queue = get_queue(INBOUND, app)
+
+    def jobs_for(ids: list[int]) -> list[int]:
+        with app.app_context():
+            enqueue_ingest(ids)
+        jobs = [job.args[0] for job in queue.get_jobs()]
+        queue.empty()
+        assert [i for job in jobs for i in job] == ids  # every id once, in order
+        return [len(job) for job in jobs]
+
+    batch = list(range(1, 101))
+    assert jobs_for(batch) == [100]  # nobody listening yet counts as one
+    listening = []
+    for n in range(2):
+        worker = Worker([queue], name=f"ingest-{n}", connection=redis_client)
+        worker.register_birth()
+        listening.append(worker)
+    try:
+        assert jobs_for(batch) == [50, 50]
+        assert jobs_for(list(range(1, 501))) == [84, 84, 83, 83, 83, 83]
+        assert jobs_for(list(range(1, 41))) == [40]  # two jobs of 20 would cost more than one
+    finally:
+        for worker in listening:
+            worker.register_death()
+    assert jobs_for(list(range(1, 251))) == [84, 83, 83]
+    assert job_sizes(500, 3) == [84, 84, 83, 83, 83, 83]
+    assert job_sizes(100, 4) == [25, 25, 25, 25]
+    assert job_sizes(0, 2) == []
+
+
 def test_one_job_ingests_a_batch_and_a_bad_message_does_not_block_the_others(app, route):
     listener_id = route()
     broken = (GOLDEN / "broken" / "too_many_parts.eml").read_bytes()
