@@ -94,6 +94,52 @@ def test_imap_stores_each_message_once_then_marks_it_read(
     assert len(stored(app)) == 3
 
 
+@both_databases
+def test_headers_with_raw_8bit_bytes_or_an_encoded_nul_are_stored_and_ingested(
+    app, dovecot, mailbox_user, mailbox_account, make_listener, make_case_type
+):
+    """A Message-ID in UTF-8 (RFC 6532) or Latin-1 bytes, and a NUL written as an encoded
+    word, are what any sender can send: they are stored readable, and the mail after them
+    too, where the poll used to fail on them at every try."""
+    from webapp.models import Case
+    from workers.queues import INBOUND
+    from workers.worker import run_worker
+
+    odd = [
+        "From: Jörg <jorg@customer.example>\r\nSubject: Grüße\r\n"
+        "Message-ID: <café@customer.example>\r\n\r\nHallo\r\n".encode(),
+        b"From: x@customer.example\r\nSubject: =?utf-8?q?hello=00world?=\r\n"
+        b"Message-ID: <nul\xe9@customer.example>\r\nReferences: <a\x00b@x>\r\n\r\nhi\r\n",
+    ]
+    for raw in [*odd, make_raw("Ordinary order")]:
+        dovecot.deliver(mailbox_user.login, raw)
+    type_id = make_case_type()
+    with app.app_context():
+        from webapp.services import rules
+
+        rule = rules.save_rule(None, rules.RuleData("Orders", "create_case", type_id))
+        db.session.commit()
+        rule_id = rule.id
+    listener_id = make_listener(mailbox_account(), rule_id=rule_id)
+    result = run(app, listener_id, lambda ids: None)
+    assert result.ok, result.errors
+    assert result.summary() == "fetched 3, stored 3, duplicates 0"
+    rows = {r.subject: r for r in stored(app)}
+    assert set(rows) == {"Grüße", "helloworld", "Ordinary order"}
+    assert rows["Grüße"].message_id == "<café@customer.example>"
+    assert rows["Grüße"].from_address == "jorg@customer.example"
+    assert rows["helloworld"].message_id == "<nulé@customer.example>"
+    with app.app_context():
+        from workers.inbound import enqueue_ingest
+
+        enqueue_ingest([r.id for r in rows.values()])
+    assert run_worker(app, [INBOUND], burst=True) is True
+    assert {r.status for r in stored(app)} == {"processed"}
+    with app.app_context():
+        subjects = set(db.session.scalars(select(Case.subject)))
+    assert subjects == {"Grüße", "helloworld", "Ordinary order"}
+
+
 def test_a_poll_on_sqlite_writes_in_its_turn_among_the_ingest_workers(
     app, dovecot, mailbox_user, mailbox_account, make_listener, imap
 ):

@@ -58,6 +58,7 @@ _ENCODED_WORD_RE = re.compile(r"=\?([^?\s]+)\?([bBqQ])\?([^?\s]*)\?=")
 _SPACES_RE = re.compile(r"\s+")
 _BETWEEN_WORDS_RE = re.compile(r"[ \t\r\n]+")
 _MSGID_RE = re.compile(r"<[^<>\s]+>")
+_ID_CONTROL_RE = re.compile("[\x00-\x08\x0b\x0c\x0e-\x1f\x7f]")
 _UNSAFE_FILENAME_RE = re.compile(r'[<>:"|?*]')
 # compat32 keeps undecodable header bytes as lone surrogates (surrogateescape).
 _SURROGATE_RE = re.compile("[\udc80-\udcff]")
@@ -537,7 +538,7 @@ def decode_header(value: str) -> str:
     """A header value as text: unfolded, RFC 2047 words decoded, raw 8-bit bytes guessed."""
     value = _FOLD_RE.sub("", value).replace("\x00", "")
     if _has_surrogates(value):
-        value = _guess_text(value.encode("ascii", "surrogateescape"))
+        value = guess_text(value.encode("ascii", "surrogateescape"))
     if "=?" not in value:
         return value
     out: list[str] = []
@@ -775,7 +776,8 @@ def _codec(label: str) -> str | None:
     return name
 
 
-def _guess_text(data: bytes) -> str:
+def guess_text(data: bytes) -> str:
+    """Bytes of an unknown charset as text: UTF-8, else Windows-1252, else Latin-1."""
     return _guess(data)[0]
 
 
@@ -873,7 +875,7 @@ def _strict_from(values: list[str]) -> tuple[tuple[tuple[str, str], ...], bool]:
     for value in values:
         text = _FOLD_RE.sub("", value)
         if _has_surrogates(text):
-            text = _guess_text(text.encode("ascii", "surrogateescape"))
+            text = guess_text(text.encode("ascii", "surrogateescape"))
         try:
             parsed = _strict_header("from", text)
             found = [(a.display_name, a.addr_spec) for a in parsed.addresses]
@@ -898,23 +900,33 @@ def _addresses(values: Iterable[str]) -> tuple[tuple[str, str], ...]:
     for value in values:
         text = _FOLD_RE.sub("", value)
         if _has_surrogates(text):
-            text = _guess_text(text.encode("ascii", "surrogateescape"))
+            text = guess_text(text.encode("ascii", "surrogateescape"))
         for name, address in getaddresses([text]):
             if address and "@" in address:
                 found.append((" ".join(decode_header(name).split()), address))
     return tuple(found)
 
 
+def _id_text(value: str) -> str:
+    """A header of Message-IDs as text to store and compare: raw 8-bit bytes read as the rest
+    of the message's headers are (and as the stored summary reads them), no control
+    characters."""
+    if _has_surrogates(value):
+        value = guess_text(value.encode("ascii", "surrogateescape"))
+    return _ID_CONTROL_RE.sub("", value)
+
+
 def _references(value: str) -> tuple[str, ...]:
     """The Message-IDs of a References header: the first and the most recent ones, at most
     MAX_REFERENCES, none longer than MAX_MESSAGE_ID."""
-    found = [m for m in _MSGID_RE.findall(value) if len(m) <= MAX_MESSAGE_ID]
+    found = [m for m in _MSGID_RE.findall(_id_text(value)) if len(m) <= MAX_MESSAGE_ID]
     if len(found) > MAX_REFERENCES:
         found = [found[0], *found[len(found) - MAX_REFERENCES + 1 :]]
     return tuple(found)
 
 
 def _message_id(value: str) -> str | None:
+    value = _id_text(value)
     found = _MSGID_RE.search(value)
     if found:
         return found.group(0) if len(found.group(0)) <= MAX_MESSAGE_ID else None

@@ -15,6 +15,8 @@ from email.message import Message
 from email.parser import BytesHeaderParser
 from email.utils import getaddresses
 
+from webapp.mail.parse import guess_text
+
 _parser = BytesHeaderParser(policy=email.policy.compat32)
 _strict = email.policy.default
 _MAX_HEADER = 998
@@ -25,6 +27,10 @@ _MAX_ADDRESS = 320
 _HEADER_END_RE = re.compile(rb"\r?\n\r?\n")
 _PLAIN_RE = re.compile(r"[ -~\t\r\n]*\Z")
 _MESSAGE_ID_RE = re.compile(r"\s*<[^<>\s]+>\s*\Z")
+# compat32 keeps bytes that are not ASCII as lone surrogates, which no database stores; and
+# PostgreSQL stores no NUL. Neither has a place in a one-line value.
+_SURROGATE_RE = re.compile("[\udc80-\udcff]")
+_CONTROL_RE = re.compile("[\x00-\x08\x0b\x0c\x0e-\x1f\x7f]")
 
 
 @dataclass(frozen=True)
@@ -39,6 +45,9 @@ def _header(message: Message, name: str, plain: re.Pattern[str] = _PLAIN_RE) -> 
     raw = next((str(v) for k, v in message.raw_items() if k.lower() == wanted), None)
     if raw is None:
         return ""
+    if _SURROGATE_RE.search(raw):
+        # Raw 8-bit bytes: UTF-8 (RFC 6532) or a legacy charset, read as the parser reads them.
+        raw = guess_text(raw.encode("ascii", "surrogateescape"))
     if plain.match(raw) and "=?" not in raw:
         value = raw  # what the strict policy would make of it, minus the cost
     else:
@@ -47,7 +56,7 @@ def _header(message: Message, name: str, plain: re.Pattern[str] = _PLAIN_RE) -> 
         except (ValueError, IndexError, TypeError):
             # A header the policy cannot make sense of (broken encoded words, bad addresses).
             value = raw
-    return " ".join(value.split())[:_MAX_HEADER]
+    return " ".join(_CONTROL_RE.sub("", value).split())[:_MAX_HEADER]
 
 
 def summarize(raw: bytes) -> MessageSummary:
