@@ -3,30 +3,16 @@ immutable ids, and after-processing seen on the server."""
 
 from __future__ import annotations
 
-import pytest
 from sqlalchemy import select
 
 from tests.fixtures.app import both_databases
+from tests.fixtures.graph import GRAPH_UPN as UPN
 from tests.fixtures.listeners import make_raw
 from tests.integration.test_listeners import _fields, _post
 from tests.integration.test_receiving import Batches, run, stored
 from webapp.extensions import db
 from webapp.models import EmailAccount, EmailListener
 from webapp.services.receiving import server_folders
-
-UPN = "support@contoso.example"
-
-
-@pytest.fixture
-def graph_account(graph_server, graph_profile, make_account):
-    """An Office 365 account receiving with Graph from the local server, as the lead would."""
-    graph_server.add_mailbox(UPN, ["Inbox", "Archive", "Sent Items"])
-    return make_account(
-        provider="office365",
-        receiver_protocol="graph",
-        graph_receiver_upn=UPN,
-        receiver_auth_profile_id=graph_profile(),
-    )
 
 
 def _folder_of(graph_server) -> dict[str, str]:

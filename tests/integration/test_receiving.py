@@ -48,15 +48,6 @@ def stored(app) -> list[InboundMessage]:
         return list(rows)
 
 
-@pytest.fixture
-def imap(dovecot, mailbox_user):
-    """A second IMAP client, to look at the mailbox the way its owner would."""
-    client = IMAPClient(dovecot.host, dovecot.imap_port, ssl=False)
-    client.login(mailbox_user.login, mailbox_user.password)
-    yield client
-    client.logout()
-
-
 def flags_by_subject(imap_client: IMAPClient, folder: str = "INBOX") -> dict[str, tuple]:
     imap_client.select_folder(folder, readonly=True)
     uids = imap_client.search(["ALL"])
@@ -270,8 +261,8 @@ def test_oversize_message_is_kept_whole_in_quarantine(
     assert batches.calls == []
 
 
-class Crash(Exception):
-    pass
+class Crash(BaseException):
+    """The process stopping (as SystemExit or a signal would), not an error the poll handles."""
 
 
 def crash(_ids: list[int]) -> None:

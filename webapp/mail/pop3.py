@@ -26,10 +26,25 @@ MODE_LABELS = {"none": "default", "ssl": "SSL/TLS"}
 class _POP3(poplib.POP3):
     """poplib's client, connecting through a policy-checked socket (and TLS for SSL/TLS)."""
 
-    def __init__(self, endpoint: Endpoint, policy: HostPolicy) -> None:
+    def __init__(self, endpoint: Endpoint, policy: HostPolicy, max_line: int = 2048) -> None:
         self._endpoint = endpoint
         self._policy = policy
+        # poplib refuses lines over 2048 bytes, which a message without line breaks has.
+        self._max_line = max(max_line, 2048)
         super().__init__(endpoint.host, endpoint.port, timeout=endpoint.read_timeout)
+
+    def _getline(self) -> tuple[bytes, int]:
+        line = self.file.readline(self._max_line + 1)
+        if len(line) > self._max_line:
+            raise poplib.error_proto("-ERR line too long")
+        if not line:
+            raise poplib.error_proto("-ERR EOF")
+        # A server may end a line with CRLF, LF, or (leading) CR.
+        if line.endswith(b"\r\n"):
+            return line[:-2], len(line)
+        if line.startswith(b"\r"):
+            return line[1:-1], len(line)
+        return line[:-1], len(line)
 
     def _create_socket(self, timeout: float) -> socket.socket:
         sock = open_socket(self._endpoint, self._policy)

@@ -12,6 +12,7 @@ import hashlib
 import imaplib
 import logging
 import poplib
+import re
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -291,6 +292,56 @@ def _imap_after(client: Any, listener: EmailListener, uids: list[int]) -> None:
             client.expunge()
 
 
+# UIDs and UIDVALIDITY are 32-bit numbers (RFC 3501); anything else a server answers is not one.
+_MAX_UID = 2**32 - 1
+
+
+def _uids(answer: Any) -> set[int]:
+    """The UIDs of a SEARCH answer that can be UIDs."""
+    return {u for u in answer if isinstance(u, int) and 0 < u <= _MAX_UID}
+
+
+def _stored_uids(listener: EmailListener, uidvalidity: int, uids: set[int]) -> set[int]:
+    """Which of `uids` of the listener's folder (at `uidvalidity`) are stored."""
+    found: set[int] = set()
+    wanted = sorted(uids)
+    for start in range(0, len(wanted), 500):
+        found.update(
+            db.session.scalars(
+                select(InboundMessage.uid).where(
+                    InboundMessage.account_id == listener.account_id,
+                    InboundMessage.folder == listener.folder,
+                    InboundMessage.uidvalidity == uidvalidity,
+                    InboundMessage.uid.in_(wanted[start : start + 500]),
+                )
+            )
+        )
+    return found
+
+
+def _fetch(client: Any, uids: Sequence[int], result: PollResult) -> dict[int, bytes]:
+    """The raw bytes of each of `uids` the server gives. When it refuses the whole batch, each
+    message is asked for alone, so that one it cannot give holds back no other: that one is
+    named in the poll's errors, and asked for again at the next poll."""
+    try:
+        answers = client.fetch(uids, ["BODY.PEEK[]"])
+    except imaplib.IMAP4.error:
+        if len(uids) == 1:
+            raise
+        answers = {}
+        for uid in uids:
+            try:
+                answers.update(client.fetch([uid], ["BODY.PEEK[]"]))
+            except imaplib.IMAP4.error as exc:
+                result.errors.append(f"The server did not give message UID {uid}: {exc}")
+    bodies: dict[int, bytes] = {}
+    for uid in uids:
+        body = answers.get(uid, {}).get(b"BODY[]")
+        if isinstance(body, bytes | bytearray):  # not expunged meanwhile, and not NIL
+            bodies[uid] = bytes(body)
+    return bodies
+
+
 def _poll_imap(
     listener: EmailListener, endpoint: Endpoint, login: MailboxLogin, committed: Committed
 ) -> PollResult:
@@ -303,7 +354,14 @@ def _poll_imap(
             raise ConnectivityError(
                 f"The folder {listener.folder} cannot be opened: the server answered {answer}"
             ) from None
-        uidvalidity = int(selected[b"UIDVALIDITY"])
+        except ValueError:
+            selected = {}
+        uidvalidity = selected.get(b"UIDVALIDITY")
+        if not isinstance(uidvalidity, int) or not 0 < uidvalidity <= _MAX_UID:
+            raise ConnectivityError(
+                f"The server gave the folder {listener.folder} no valid UIDVALIDITY, without "
+                "which its messages cannot be told apart: nothing was fetched."
+            )
         if listener.uidvalidity != uidvalidity:
             # New UIDs for the whole folder: start over; the Message-ID check keeps already
             # stored messages from being stored again.
@@ -314,37 +372,82 @@ def _poll_imap(
         # Flags set by people reading the mailbox (\Seen) say nothing about what was stored, so
         # new mail is "UID above the last stored one", not UNSEEN. `N:*` always answers the
         # highest UID, even below N.
-        new = sorted(u for u in client.search(["UID", f"{last_uid + 1}:*"]) if u > last_uid)
+        new = {u for u in _uids(client.search(["UID", f"{last_uid + 1}:*"])) if u > last_uid}
         if last_uid:
-            # Stored in an earlier poll that stopped before flagging, moving or deleting them.
+            # Left by an earlier poll that stopped before flagging, moving or deleting them:
+            # those stored are finished now; one never stored (its FETCH did not answer for it)
+            # is fetched now. Nothing is ever flagged, moved or deleted unless it is stored.
             criteria = ["UNSEEN"] if listener.after_processing == "mark_read" else ["ALL"]
-            left = sorted(client.search(["UID", f"1:{last_uid}", *criteria]))
-            _imap_after(client, listener, left)
-        for batch in _batches(new, listener.max_batch):
-            fetched = client.fetch(batch, ["BODY.PEEK[]"])
+            left = _uids(client.search(["UID", f"1:{last_uid}", *criteria]))
+            done = _stored_uids(listener, uidvalidity, left)
+            _imap_after(client, listener, sorted(done))
+            new |= left - done
+        for batch in _batches(sorted(new), listener.max_batch):
+            bodies = _fetch(client, batch, result)
             items = [
-                (
-                    _Identity(folder=listener.folder, uidvalidity=uidvalidity, uid=uid),
-                    bytes(fetched[uid][b"BODY[]"]),
-                )
-                for uid in batch
-                if uid in fetched  # not expunged by someone else meanwhile
+                (_Identity(folder=listener.folder, uidvalidity=uidvalidity, uid=uid), raw)
+                for uid, raw in bodies.items()
             ]
             messages = _store_batch(listener, items, "imap", result)
-            listener.last_uid = max(batch)
+            if bodies:
+                listener.last_uid = max(listener.last_uid, *bodies)
             _commit_batch(listener, messages, committed)
-            _imap_after(client, listener, list(batch))
+            # What was fetched is stored now, or was already (a duplicate).
+            _imap_after(client, listener, sorted(bodies))
     return result
 
 
 # -- POP3 ---------------------------------------------------------------------------------------
 
 
+# A unique-id is 1 to 70 characters from 0x21 to 0x7E (RFC 1939).
+_UIDL_RE = re.compile(r"[!-~]{1,70}\Z")
+
+
+def _uidl_listing(lines: list[bytes], result: PollResult) -> list[tuple[int, str]]:
+    """(message number, unique-id) of each well-formed line of a UIDL answer. A line that is
+    not one, or repeats a unique-id, leaves its message on the server, named in the errors:
+    without an id of its own it could be neither stored once nor deleted safely."""
+    listing: list[tuple[int, str]] = []
+    seen: set[str] = set()
+    for line in lines:
+        number_text, _, uidl = line.decode("ascii", "replace").strip().partition(" ")
+        uidl = uidl.strip()
+        if not number_text.isdigit() or not _UIDL_RE.match(uidl) or uidl in seen:
+            result.errors.append(
+                f"The server listed a message without a unique id of its own "
+                f"({line[:80].decode('ascii', 'replace')!r}); it was left on the server."
+            )
+            continue
+        seen.add(uidl)
+        listing.append((int(number_text), uidl))
+    return listing
+
+
+def _stored_uidls(listener: EmailListener, uidls: list[str]) -> set[str]:
+    """Which of `uidls` are stored for the listener's account, asked in pieces (a mailbox left
+    on the server can list tens of thousands)."""
+    found: set[str] = set()
+    for start in range(0, len(uidls), 500):
+        found.update(
+            u
+            for u in db.session.scalars(
+                select(InboundMessage.uidl).where(
+                    InboundMessage.account_id == listener.account_id,
+                    InboundMessage.uidl.in_(uidls[start : start + 500]),
+                )
+            )
+            if u is not None
+        )
+    return found
+
+
 def _poll_pop3(
     listener: EmailListener, endpoint: Endpoint, login: MailboxLogin, committed: Committed
 ) -> PollResult:
     result = PollResult()
-    client = _POP3(endpoint, host_policy())
+    # A message line may be as long as the largest message taken (mail without line breaks).
+    client = _POP3(endpoint, host_policy(), max_line=listener.max_message_bytes)
     try:
         try:
             client.user(login.user)
@@ -353,19 +456,9 @@ def _poll_pop3(
             raise ConnectivityError(
                 f"Authentication failed for {login.user}: the server answered {server_answer(exc)}"
             ) from None
-        listing: list[tuple[int, str]] = []
-        for line in client.uidl()[1]:
-            number_text, uidl_text = line.decode("ascii", "replace").split(" ", 1)
-            listing.append((int(number_text), uidl_text.strip()))
+        listing = _uidl_listing(client.uidl()[1], result)
         delete = listener.after_processing == AfterProcessing.DELETE.value
-        stored_uidls = set(
-            db.session.scalars(
-                select(InboundMessage.uidl).where(
-                    InboundMessage.account_id == listener.account_id,
-                    InboundMessage.uidl.in_([u for _, u in listing]),
-                )
-            )
-        )
+        stored_uidls = _stored_uidls(listener, [u for _, u in listing])
         if delete:
             # Stored in an earlier poll that stopped before deleting them.
             for number, uidl in listing:
@@ -464,6 +557,7 @@ def _poll_graph(listener: EmailListener, committed: Committed) -> PollResult:
         destination = _graph_folder_id(m, listener.move_to_folder, folders)
     link = listener.graph_delta_link
     restarted = False
+    followed: set[str] = set()
     while True:
         try:
             page = graph.delta_page(
@@ -478,7 +572,14 @@ def _poll_graph(listener: EmailListener, committed: Committed) -> PollResult:
             link, restarted = None, True
             continue
         # Messages moved or deleted out of the folder come back as "@removed": nothing to fetch.
-        present = [item for item in page.messages if "@removed" not in item]
+        # An id is stored at most 255 characters long; one listed twice is one message.
+        present = list(
+            {
+                str(item["id"]): item
+                for item in page.messages
+                if "@removed" not in item and _graph_id_fits(str(item["id"]), result)
+            }.values()
+        )
         stored = _stored_graph_ids(listener, [str(item["id"]) for item in present])
         # Stored in an earlier poll that stopped before acting on them, or changed since (a
         # message marked read comes back once as changed): act on those still unread.
@@ -512,6 +613,23 @@ def _poll_graph(listener: EmailListener, committed: Committed) -> PollResult:
             db.session.commit()
             return result
         link = page.next_link
+        if link is None or link in followed:
+            raise GraphError(
+                "Microsoft Graph led back to a page of this folder's delta already read; the "
+                "poll stopped. What was stored is kept; the next poll starts over from the "
+                "last complete delta."
+            )
+        followed.add(link)
+
+
+def _graph_id_fits(graph_id: str, result: PollResult) -> bool:
+    if len(graph_id) <= 255:
+        return True
+    result.errors.append(
+        f"Microsoft Graph listed a message with an id of {len(graph_id)} characters, more than "
+        "255; it was left in the mailbox."
+    )
+    return False
 
 
 def graph_folders(account: EmailAccount) -> list[str]:
@@ -577,6 +695,15 @@ def poll(listener: EmailListener, committed: Committed = enqueue_ingest) -> Poll
     except (OSError, EOFError) as exc:
         db.session.rollback()
         result.errors.append(explain(exc, endpoint))
+    except Exception as exc:
+        # An answer the code above does not expect: the health page says so instead of the
+        # listener looking healthy while every poll fails. The batches committed stay.
+        db.session.rollback()
+        log.exception("poll of listener %s failed", listener.id)
+        result.errors.append(
+            f"The poll stopped on an unexpected answer or error ({type(exc).__name__}: "
+            f"{str(exc)[:200]}); the worker's log has the details."
+        )
     listener.last_poll_at = utcnow()
     listener.last_poll_ok = result.ok
     listener.last_error = "; ".join(result.errors)
