@@ -490,11 +490,11 @@ def listeners_run(listener_id: int, once: bool) -> None:
     from redis.exceptions import RedisError
 
     from webapp.services.receiving import ReceivingError
-    from workers.listeners import PollBusy, run_poll
+    from workers.listeners import PollBusy, UnknownListener, run_poll
 
     try:
         result = run_poll(listener_id)
-    except (LookupError, ReceivingError) as exc:
+    except (UnknownListener, ReceivingError) as exc:
         db.session.rollback()
         raise click.ClickException(str(exc)) from None
     except PollBusy:

@@ -38,6 +38,10 @@ class PollBusy(Exception):
     """Another poll of the same listener is running."""
 
 
+class UnknownListener(LookupError):
+    """There is no listener with the ID asked for (deleted since its poll was enqueued)."""
+
+
 def _lock_name(listener_id: int) -> str:
     return f"casemail:listener-poll:{listener_id}"
 
@@ -69,7 +73,7 @@ def listener_lock(listener_id: int) -> Iterator[None]:
 def run_poll(listener_id: int) -> PollResult:
     """Poll one listener now, under its lock; returns its PollResult.
 
-    Raises PollBusy when another poll runs, LookupError for an unknown listener, and
+    Raises PollBusy when another poll runs, UnknownListener for an unknown listener, and
     ReceivingError when the listener's account cannot be polled.
     """
     from webapp.extensions import db
@@ -79,7 +83,7 @@ def run_poll(listener_id: int) -> PollResult:
     with listener_lock(listener_id):
         listener = db.session.get(EmailListener, listener_id)
         if listener is None:
-            raise LookupError(f"There is no listener with the ID {listener_id}.")
+            raise UnknownListener(f"There is no listener with the ID {listener_id}.")
         return poll(listener)
 
 
@@ -90,7 +94,7 @@ def poll_listener(listener_id: int) -> str:
         result = run_poll(listener_id)
     except PollBusy:
         return "skipped: a poll of this listener is running"
-    except LookupError as exc:
+    except UnknownListener as exc:
         return str(exc)
     log.info("listener %s: %s", listener_id, result.summary())
     return result.summary()
