@@ -30,12 +30,13 @@ class _POP3(poplib.POP3):
         self._endpoint = endpoint
         self._policy = policy
         # poplib refuses lines over 2048 bytes, which a message without line breaks has.
-        self._max_line = max(max_line, 2048)
+        self.max_line = max_line
         super().__init__(endpoint.host, endpoint.port, timeout=endpoint.read_timeout)
 
     def _getline(self) -> tuple[bytes, int]:
-        line = self.file.readline(self._max_line + 1)
-        if len(line) > self._max_line:
+        limit = max(self.max_line, 2048) + 2  # and its line ending
+        line = self.file.readline(limit + 1)
+        if len(line) > limit:
             raise poplib.error_proto("-ERR line too long")
         if not line:
             raise poplib.error_proto("-ERR EOF")

@@ -13,13 +13,14 @@ import imaplib
 import logging
 import poplib
 import re
+from collections import Counter
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 from imapclient import IMAPClient
 from imapclient.exceptions import IMAPClientError
-from sqlalchemy import select
+from sqlalchemy import func, select
 
 from webapp.extensions import db
 from webapp.mail import graph
@@ -320,26 +321,49 @@ def _stored_uids(listener: EmailListener, uidvalidity: int, uids: set[int]) -> s
 
 
 def _fetch(client: Any, uids: Sequence[int], result: PollResult) -> dict[int, bytes]:
-    """The raw bytes of each of `uids` the server gives. When it refuses the whole batch, each
+    """The raw bytes of each of `uids` the server gives. When it refuses the batch, each
     message is asked for alone, so that one it cannot give holds back no other: that one is
-    named in the poll's errors, and asked for again at the next poll."""
+    named in the poll's errors, and asked for again at the next poll. A lost connection
+    (`abort`) ends the poll as any other would."""
     try:
         answers = client.fetch(uids, ["BODY.PEEK[]"])
-    except imaplib.IMAP4.error:
+    except imaplib.IMAP4.abort:
+        raise
+    except imaplib.IMAP4.error as exc:
         if len(uids) == 1:
-            raise
+            result.errors.append(f"The server did not give message UID {uids[0]}: {exc}")
+            return {}
         answers = {}
         for uid in uids:
-            try:
-                answers.update(client.fetch([uid], ["BODY.PEEK[]"]))
-            except imaplib.IMAP4.error as exc:
-                result.errors.append(f"The server did not give message UID {uid}: {exc}")
+            answers.update(_fetch_one(client, uid, result))
     bodies: dict[int, bytes] = {}
     for uid in uids:
         body = answers.get(uid, {}).get(b"BODY[]")
         if isinstance(body, bytes | bytearray):  # not expunged meanwhile, and not NIL
             bodies[uid] = bytes(body)
     return bodies
+
+
+def _fetch_one(client: Any, uid: int, result: PollResult) -> dict[int, Any]:
+    try:
+        answer: dict[int, Any] = client.fetch([uid], ["BODY.PEEK[]"])
+    except imaplib.IMAP4.abort:
+        raise
+    except imaplib.IMAP4.error as exc:
+        result.errors.append(f"The server did not give message UID {uid}: {exc}")
+        return {}
+    return answer
+
+
+def _highest_stored_uid(listener: EmailListener, uidvalidity: int) -> int:
+    highest = db.session.scalar(
+        select(func.max(InboundMessage.uid)).where(
+            InboundMessage.account_id == listener.account_id,
+            InboundMessage.folder == listener.folder,
+            InboundMessage.uidvalidity == uidvalidity,
+        )
+    )
+    return int(highest or 0)
 
 
 def _poll_imap(
@@ -368,29 +392,48 @@ def _poll_imap(
             listener.uidvalidity = uidvalidity
             listener.last_uid = 0
             db.session.commit()
+        # No message of the folder has a UID from UIDNEXT on: a SEARCH answer naming one names
+        # no message, and a last_uid there (set by such an answer) is brought back to what is
+        # stored, so that mail below it is not left to the \Seen flag.
+        uidnext = selected.get(b"UIDNEXT")
+        below = uidnext if isinstance(uidnext, int) and 0 < uidnext <= _MAX_UID + 1 else None
+        if below is not None and listener.last_uid >= below:
+            listener.last_uid = _highest_stored_uid(listener, uidvalidity)
+            db.session.commit()
         last_uid = listener.last_uid
         # Flags set by people reading the mailbox (\Seen) say nothing about what was stored, so
         # new mail is "UID above the last stored one", not UNSEEN. `N:*` always answers the
         # highest UID, even below N.
-        new = {u for u in _uids(client.search(["UID", f"{last_uid + 1}:*"])) if u > last_uid}
+        new = {
+            u
+            for u in _uids(client.search(["UID", f"{last_uid + 1}:*"]))
+            if u > last_uid and (below is None or u < below)
+        }
         if last_uid:
-            # Left by an earlier poll that stopped before flagging, moving or deleting them:
-            # those stored are finished now; one never stored (its FETCH did not answer for it)
-            # is fetched now. Nothing is ever flagged, moved or deleted unless it is stored.
+            # Left by an earlier poll that stopped before flagging, moving or deleting them.
             criteria = ["UNSEEN"] if listener.after_processing == "mark_read" else ["ALL"]
-            left = _uids(client.search(["UID", f"1:{last_uid}", *criteria]))
-            done = _stored_uids(listener, uidvalidity, left)
-            _imap_after(client, listener, sorted(done))
-            new |= left - done
-        for batch in _batches(sorted(new), listener.max_batch):
+            new |= _uids(client.search(["UID", f"1:{last_uid}", *criteria]))
+        # Those stored already (left by an earlier poll, or above a message the server did not
+        # give then) are finished now, the others fetched. Nothing is ever flagged, moved or
+        # deleted unless it is stored.
+        done = _stored_uids(listener, uidvalidity, new)
+        _imap_after(client, listener, sorted(done))
+        # The lowest UID asked for and not given: last_uid stays below it, so that the next
+        # poll asks for it again whatever its flags are by then.
+        hole: int | None = None
+        for batch in _batches(sorted(new - done), listener.max_batch):
             bodies = _fetch(client, batch, result)
             items = [
                 (_Identity(folder=listener.folder, uidvalidity=uidvalidity, uid=uid), raw)
                 for uid, raw in bodies.items()
             ]
             messages = _store_batch(listener, items, "imap", result)
-            if bodies:
-                listener.last_uid = max(listener.last_uid, *bodies)
+            missing = [uid for uid in batch if uid not in bodies]
+            if missing and hole is None:
+                hole = missing[0]
+            reached = [uid for uid in bodies if hole is None or uid < hole]
+            if reached:
+                listener.last_uid = max(listener.last_uid, *reached)
             _commit_batch(listener, messages, committed)
             # What was fetched is stored now, or was already (a duplicate).
             _imap_after(client, listener, sorted(bodies))
@@ -406,22 +449,34 @@ _UIDL_RE = re.compile(r"[!-~]{1,70}\Z")
 
 def _uidl_listing(lines: list[bytes], result: PollResult) -> list[tuple[int, str]]:
     """(message number, unique-id) of each well-formed line of a UIDL answer. A line that is
-    not one, or repeats a unique-id, leaves its message on the server, named in the errors:
-    without an id of its own it could be neither stored once nor deleted safely."""
-    listing: list[tuple[int, str]] = []
-    seen: set[str] = set()
+    not one, and every line of a unique-id listed more than once, leaves its message on the
+    server, named in the errors: without an id of its own a message can be neither stored
+    once nor deleted safely (the other one would be deleted in its place)."""
+    parsed: list[tuple[bytes, str, str]] = []
     for line in lines:
         number_text, _, uidl = line.decode("ascii", "replace").strip().partition(" ")
-        uidl = uidl.strip()
-        if not number_text.isdigit() or not _UIDL_RE.match(uidl) or uidl in seen:
+        parsed.append((line, number_text, uidl.strip()))
+    times = Counter(uidl for _, _, uidl in parsed)
+    listing: list[tuple[int, str]] = []
+    for line, number_text, uidl in parsed:
+        if not number_text.isdigit() or not _UIDL_RE.match(uidl) or times[uidl] > 1:
             result.errors.append(
                 f"The server listed a message without a unique id of its own "
                 f"({line[:80].decode('ascii', 'replace')!r}); it was left on the server."
             )
             continue
-        seen.add(uidl)
         listing.append((int(number_text), uidl))
     return listing
+
+
+def _pop3_sizes(lines: list[bytes]) -> dict[int, int]:
+    """Message number -> size in octets, from a LIST answer (lines it cannot read left out)."""
+    sizes: dict[int, int] = {}
+    for line in lines:
+        number, _, size = line.decode("ascii", "replace").strip().partition(" ")
+        if number.isdigit() and size.strip().isdigit():
+            sizes[int(number)] = int(size.strip())
+    return sizes
 
 
 def _stored_uidls(listener: EmailListener, uidls: list[str]) -> set[str]:
@@ -446,7 +501,6 @@ def _poll_pop3(
     listener: EmailListener, endpoint: Endpoint, login: MailboxLogin, committed: Committed
 ) -> PollResult:
     result = PollResult()
-    # A message line may be as long as the largest message taken (mail without line breaks).
     client = _POP3(endpoint, host_policy(), max_line=listener.max_message_bytes)
     try:
         try:
@@ -465,9 +519,13 @@ def _poll_pop3(
                 if uidl in stored_uidls:
                     client.dele(number)
         new = [(n, u) for n, u in listing if u not in stored_uidls]
+        sizes = _pop3_sizes(client.list()[1]) if new else {}
         for batch in _batches(new, listener.max_batch):
             items = []
             for number, uidl in batch:
+                # A line may be as long as the message (mail without line breaks): one over
+                # the size limit is read whole too, and kept in quarantine.
+                client.max_line = max(listener.max_message_bytes, sizes.get(number, 0))
                 lines = client.retr(number)[1]
                 items.append((_Identity(uidl=uidl), b"\r\n".join(lines) + b"\r\n"))
             # A message left on the server and skipped as a Message-ID duplicate would be
