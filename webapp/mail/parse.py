@@ -144,7 +144,7 @@ class EmbeddedHeaders:
 
     @property
     def message_id(self) -> str | None:
-        return _message_id(self.get("Message-ID") or "")
+        return read_message_id(self.get("Message-ID") or "")
 
 
 @dataclass(frozen=True)
@@ -269,8 +269,8 @@ def parse_message(
 
     return ParsedMessage(
         raw_size=len(raw),
-        message_id=_message_id(first("message-id")),
-        in_reply_to=_message_id(first("in-reply-to")),
+        message_id=read_message_id(first("message-id")),
+        in_reply_to=read_message_id(first("in-reply-to")),
         references=_references(first("references")),
         subject=" ".join(decode_header(first("subject")).split()),
         from_addresses=from_addresses,
@@ -925,7 +925,8 @@ def _references(value: str) -> tuple[str, ...]:
     return tuple(found)
 
 
-def _message_id(value: str) -> str | None:
+def read_message_id(value: str) -> str | None:
+    """The Message-ID a Message-ID (or In-Reply-To) header names, as stored and compared."""
     value = _id_text(value)
     found = _MSGID_RE.search(value)
     if found:

@@ -15,7 +15,7 @@ from email.message import Message
 from email.parser import BytesHeaderParser
 from email.utils import getaddresses
 
-from webapp.mail.parse import guess_text
+from webapp.mail.parse import guess_text, read_message_id
 
 _parser = BytesHeaderParser(policy=email.policy.compat32)
 _strict = email.policy.default
@@ -26,7 +26,6 @@ _MAX_ADDRESS = 320
 # The end of the header block: the first empty line.
 _HEADER_END_RE = re.compile(rb"\r?\n\r?\n")
 _PLAIN_RE = re.compile(r"[ -~\t\r\n]*\Z")
-_MESSAGE_ID_RE = re.compile(r"\s*<[^<>\s]+>\s*\Z")
 # compat32 keeps bytes that are not ASCII as lone surrogates, which no database stores; and
 # PostgreSQL stores no NUL. Neither has a place in a one-line value.
 _SURROGATE_RE = re.compile("[\udc80-\udcff]")
@@ -40,15 +39,19 @@ class MessageSummary:
     message_id: str | None
 
 
-def _header(message: Message, name: str, plain: re.Pattern[str] = _PLAIN_RE) -> str:
+def _raw_header(message: Message, name: str) -> str | None:
     wanted = name.lower()
-    raw = next((str(v) for k, v in message.raw_items() if k.lower() == wanted), None)
+    return next((str(v) for k, v in message.raw_items() if k.lower() == wanted), None)
+
+
+def _header(message: Message, name: str) -> str:
+    raw = _raw_header(message, name)
     if raw is None:
         return ""
     if _SURROGATE_RE.search(raw):
         # Raw 8-bit bytes: UTF-8 (RFC 6532) or a legacy charset, read as the parser reads them.
         raw = guess_text(raw.encode("ascii", "surrogateescape"))
-    if plain.match(raw) and "=?" not in raw:
+    if _PLAIN_RE.match(raw) and "=?" not in raw:
         value = raw  # what the strict policy would make of it, minus the cost
     else:
         try:
@@ -68,5 +71,5 @@ def summarize(raw: bytes) -> MessageSummary:
     pairs = getaddresses([_header(message, "From")])
     if pairs and "@" in pairs[0][1] and len(pairs[0][1]) <= _MAX_ADDRESS:
         sender = pairs[0][1].lower()
-    message_id = _header(message, "Message-ID", _MESSAGE_ID_RE) or None
+    message_id = read_message_id(_raw_header(message, "Message-ID") or "")
     return MessageSummary(subject=subject, from_address=sender, message_id=message_id)
