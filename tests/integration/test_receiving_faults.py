@@ -31,6 +31,18 @@ def _subjects(app) -> list[str]:
     return sorted(r.subject for r in stored(app))
 
 
+def _refusing(refused: int) -> Any:
+    """IMAPClient.fetch, but the server answers NO to any FETCH that asks for `refused`."""
+    fetch = receiving._ImapClient.fetch
+
+    def refuse(self: Any, uids: Any, *args: Any) -> Any:
+        if refused in uids:
+            raise imaplib.IMAP4.error("FETCH failed: [SERVERBUG] Internal error")
+        return fetch(self, uids, *args)
+
+    return refuse
+
+
 def test_imap_after_processing_touches_only_what_was_stored(
     app, dovecot, mailbox_user, mailbox_account, make_listener, imap, monkeypatch
 ):
@@ -72,14 +84,7 @@ def test_imap_a_message_the_server_will_not_give_holds_back_no_other(
     for n in range(1, 4):
         dovecot.deliver(mailbox_user.login, make_raw(f"Order {n}"))
     listener_id = make_listener(mailbox_account())
-    fetch = receiving._ImapClient.fetch
-
-    def refuse_uid_2(self: Any, uids: Any, *args: Any) -> Any:
-        if 2 in uids:
-            raise imaplib.IMAP4.error("FETCH failed: [SERVERBUG] Internal error")
-        return fetch(self, uids, *args)
-
-    monkeypatch.setattr(receiving._ImapClient, "fetch", refuse_uid_2)
+    monkeypatch.setattr(receiving._ImapClient, "fetch", _refusing(2))
     result = run(app, listener_id)
     assert result.stored == 2
     unread = [
@@ -192,14 +197,7 @@ def test_imap_a_message_not_given_is_fetched_later_even_once_it_has_been_read(
     for n in range(1, 4):
         dovecot.deliver(mailbox_user.login, make_raw(f"Order {n}"))
     listener_id = make_listener(mailbox_account(), max_batch=1)
-    fetch = receiving._ImapClient.fetch
-
-    def refuse_uid_2(self: Any, uids: Any, *args: Any) -> Any:
-        if 2 in uids:
-            raise imaplib.IMAP4.error("FETCH failed: [SERVERBUG] Internal error")
-        return fetch(self, uids, *args)
-
-    monkeypatch.setattr(receiving._ImapClient, "fetch", refuse_uid_2)
+    monkeypatch.setattr(receiving._ImapClient, "fetch", _refusing(2))
     assert run(app, listener_id).stored == 2
     imap.select_folder("INBOX")
     imap.add_flags([2], [b"\\Seen"])  # the owner reads it
