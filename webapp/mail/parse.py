@@ -27,6 +27,8 @@ from email.parser import BytesParser, HeaderParser
 from email.utils import getaddresses, parsedate_to_datetime
 from html.parser import HTMLParser
 
+from webapp.mail import boundaries
+
 DEFAULT_MAX_PARTS = 500
 DEFAULT_MAX_DEPTH = 20
 # References lists a thread's Message-IDs oldest first and grows by one with every reply. The
@@ -49,6 +51,7 @@ AUTOMATIC_HEADERS = (
     "Return-Path",
 )
 
+boundaries.install()
 _bytes_parser = BytesParser(policy=email.policy.compat32)
 _header_parser = HeaderParser(policy=email.policy.compat32)
 _strict_header = email.policy.default.header_factory
