@@ -325,17 +325,11 @@ def _fetch(client: Any, uids: Sequence[int], result: PollResult) -> dict[int, by
     message is asked for alone, so that one it cannot give holds back no other: that one is
     named in the poll's errors, and asked for again at the next poll. A lost connection
     (`abort`) ends the poll as any other would."""
-    try:
-        answers = client.fetch(uids, ["BODY.PEEK[]"])
-    except imaplib.IMAP4.abort:
-        raise
-    except imaplib.IMAP4.error as exc:
-        if len(uids) == 1:
-            result.errors.append(f"The server did not give message UID {uids[0]}: {exc}")
-            return {}
+    answers = _fetch_answer(client, uids, result if len(uids) == 1 else None)
+    if answers is None:
         answers = {}
         for uid in uids:
-            answers.update(_fetch_one(client, uid, result))
+            answers.update(_fetch_answer(client, [uid], result) or {})
     bodies: dict[int, bytes] = {}
     for uid in uids:
         body = answers.get(uid, {}).get(b"BODY[]")
@@ -344,14 +338,18 @@ def _fetch(client: Any, uids: Sequence[int], result: PollResult) -> dict[int, by
     return bodies
 
 
-def _fetch_one(client: Any, uid: int, result: PollResult) -> dict[int, Any]:
+def _fetch_answer(
+    client: Any, uids: Sequence[int], result: PollResult | None
+) -> dict[int, Any] | None:
+    """The server's FETCH answer for `uids`, or None when it refuses (named in `result`)."""
     try:
-        answer: dict[int, Any] = client.fetch([uid], ["BODY.PEEK[]"])
+        answer: dict[int, Any] = client.fetch(uids, ["BODY.PEEK[]"])
     except imaplib.IMAP4.abort:
         raise
     except imaplib.IMAP4.error as exc:
-        result.errors.append(f"The server did not give message UID {uid}: {exc}")
-        return {}
+        if result is not None:
+            result.errors.append(f"The server did not give message UID {uids[0]}: {exc}")
+        return None
     return answer
 
 
