@@ -13,7 +13,14 @@ from sqlalchemy import func, select, text
 from tests.fixtures.app import both_databases
 from tests.support.inbound import load, make_route, message, store
 from webapp.extensions import db
-from webapp.models import Case, CaseAttachment, CaseEvent, EmailListener, OutboundMessage
+from webapp.models import (
+    Case,
+    CaseAttachment,
+    CaseEvent,
+    CaseType,
+    EmailListener,
+    OutboundMessage,
+)
 from webapp.services import cases as case_service
 from webapp.services import ingest as ingest_service
 from webapp.services import turns
@@ -334,6 +341,108 @@ def test_case_numbers_stay_consecutive_across_failures_batches_and_other_cases(
     with app.app_context():
         subjects_by_reference = dict(db.session.execute(select(Case.reference, Case.subject)).all())
     assert subjects_by_reference["EXP-1003"] == "Three"
+
+
+@both_databases
+@pytest.mark.parametrize("stage_action", ["", "submit"], ids=["acknowledged", "submitted"])
+def test_a_batch_names_its_new_cases_everywhere_once_they_are_numbered(app, route, stage_action):
+    """New cases are numbered together just before they are written (or at once when a stage
+    action follows): the outcome, the acknowledgement and a reply within the batch all name
+    the number each case was given."""
+    listener_id = route(
+        send_ack=True,
+        ack_subject="Received: {{ case_id }}",
+        ack_body="We have {{ case_id }}.",
+        stage_action=stage_action,
+    )
+    raws = [
+        message(subject="Taxi", message_id="<t1@example.com>"),
+        message(subject="Hotel", sender="bob@example.com", message_id="<h1@example.com>"),
+        message(
+            subject="Re: Taxi",
+            message_id="<t2@example.com>",
+            headers="In-Reply-To: <t1@example.com>\r\n",
+        ),
+    ]
+    ids = [store(app, raw, listener_id) for raw in raws]
+
+    ingest_batch(app, ids)
+
+    taxi, hotel, reply = (load(app, i) for i in ids)
+    assert taxi.status_reason == "Opened EXP-1001."
+    assert hotel.status_reason == "Opened EXP-1002."
+    assert reply.status_reason.startswith("Joins EXP-1001 (matched by In-Reply-To")
+    assert taxi.decisions[-1] == {"step": "outcome", "note": "Opened EXP-1001."}
+    with app.app_context():
+        assert db.session.get(Case, taxi.case_id).reference == "EXP-1001"
+        assert db.session.get(Case, hotel.case_id).reference == "EXP-1002"
+        acks = db.session.scalars(
+            select(OutboundMessage)
+            .where(OutboundMessage.subject.like("Received:%"))
+            .order_by(OutboundMessage.id)
+        ).all()
+        assert [(a.recipients, a.subject, a.body) for a in acks] == [
+            (["alice@example.com"], "Received: [EXP-1001]", "We have EXP-1001."),
+            (["bob@example.com"], "Received: [EXP-1002]", "We have EXP-1002."),
+        ]
+
+
+@pytest.mark.parametrize("database_url", ["postgres"], indirect=True)
+def test_a_case_opened_while_a_batch_works_out_its_messages_does_not_wait_for_it(
+    app, route, monkeypatch
+):
+    """The counter row that numbers a case type's cases is locked only while a batch writes
+    its cases, not while it parses, routes and builds them: a case of the same type opened on
+    the web page meanwhile is written at once, and the numbers stay consecutive."""
+    listener_id = route()
+    ids = [
+        store(app, message(subject=s, message_id=f"<{s}@example.com>"), listener_id)
+        for s in ("Taxi", "Hotel")
+    ]
+    with app.app_context():
+        type_id = db.session.scalars(select(CaseType.id)).one()
+    working, go_on = threading.Event(), threading.Event()
+    real = ingest_service._email_event
+
+    def pause_at_hotel(case, sender, parsed, **kwargs):
+        if parsed.subject == "Hotel":
+            working.set()
+            go_on.wait(10)
+        real(case, sender, parsed, **kwargs)
+
+    monkeypatch.setattr(ingest_service, "_email_event", pause_at_hotel)
+    batch = threading.Thread(target=ingest_batch, args=(app, ids))
+    batch.start()
+    web_reference: list[str] = []
+
+    def open_on_the_web() -> None:
+        with app.app_context():
+            case = case_service.open_case(
+                db.session.get(CaseType, type_id),
+                {"amount": "1", "category": "Travel"},
+                subject="Typed in",
+                requester="web@example.com",
+                user=None,
+                require_fields=False,
+            )
+            db.session.commit()
+            web_reference.append(case.reference)
+
+    try:
+        assert working.wait(10)
+        web = threading.Thread(target=open_on_the_web)
+        web.start()
+        web.join(5)
+        written_meanwhile = not web.is_alive()
+    finally:
+        go_on.set()
+        batch.join(10)
+        web.join(10)
+    assert written_meanwhile, "the web page waited for the batch"
+    assert web_reference == ["EXP-1001"]
+    with app.app_context():
+        by_subject = dict(db.session.execute(select(Case.subject, Case.reference)).all())
+    assert by_subject == {"Typed in": "EXP-1001", "Taxi": "EXP-1002", "Hotel": "EXP-1003"}
 
 
 def test_workers_on_sqlite_take_turns_to_write(app, route):

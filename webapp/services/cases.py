@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import re
-from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -102,22 +101,14 @@ _RESERVE = (
     .values(next_number=CaseCounter.next_number + bindparam("count"))
     .returning(CaseCounter.next_number)
 )
-_GIVE_BACK = (
-    update(CaseCounter)
-    .where(
-        CaseCounter.case_type_id == bindparam("type_id"),
-        CaseCounter.next_number == bindparam("end"),
-    )
-    .values(next_number=CaseCounter.next_number - bindparam("count"))
-)
 
 
 def reserve_numbers(case_type_id: int, count: int) -> int:
     """Reserve `count` consecutive case numbers of a case type; returns the first.
 
-    The counter row stays locked until the transaction ends, so a caller that reserves for
-    a batch hands them out in order and gives back what it did not use (`give_back_numbers`)
-    without leaving gaps. Raises CaseError when the case type has no counter.
+    The counter row stays locked until the transaction ends: no other transaction numbers a
+    case of the type meanwhile, and a rollback gives the numbers back, so there are no gaps.
+    Raises CaseError when the case type has no counter.
     """
     end = (
         db.session.connection()
@@ -129,13 +120,29 @@ def reserve_numbers(case_type_id: int, count: int) -> int:
     return end - count
 
 
-def give_back_numbers(case_type_id: int, first_unused: int, end: int) -> None:
-    """Return the unused top of a reservation, numbers first_unused..end-1, to the counter;
-    nothing when another number was taken after the reservation (a gap, never a reuse)."""
-    if first_unused < end:
-        db.session.connection().execute(
-            _GIVE_BACK, {"type_id": case_type_id, "end": end, "count": end - first_unused}
-        )
+def number_cases(cases: list[Case]) -> None:
+    """Give cases opened with `numbered=False` their numbers and references, in the order of
+    `cases`: one reservation per case type, in the order of the types' ids (two transactions
+    that number cases of the same types lock their counter rows in one order)."""
+    by_type: dict[int, tuple[CaseType, list[Case]]] = {}
+    for case in cases:
+        by_type.setdefault(case.case_type.id, (case.case_type, []))[1].append(case)
+    for type_id in sorted(by_type):
+        case_type, of_type = by_type[type_id]
+        first = reserve_numbers(type_id, len(of_type))
+        for number, case in enumerate(of_type, start=first):
+            case.number = number
+            case.reference = f"{case_type.prefix}-{number}"
+
+
+def opening_mails(case_type: CaseType) -> bool:
+    """Whether opening a case of the type queues mail at once, which shows the case's
+    reference: its first stage asks for approvals or notifies someone."""
+    version = case_type.latest_version
+    if version is None:
+        return False
+    stage = version_definition(version).first_stage
+    return stage.kind == APPROVAL or bool(stage.notifications)
 
 
 def requester_problem(requester: str) -> str | None:
@@ -160,7 +167,7 @@ def open_case(
     email_account: EmailAccount | None = None,
     flush: bool = True,
     entries: list[dict[str, Any]] | None = None,
-    number: Callable[[], int] | None = None,
+    numbered: bool = True,
 ) -> Case:
     """Open a case on the newest published version; raises CaseError (with field errors).
 
@@ -169,8 +176,10 @@ def open_case(
     flushes (ingest writes a message's case, its events and attachments in one flush).
     With `entries` the "created" timeline entry is not added to the session: its column
     values are appended there, for the caller to insert with the case's id once the case is
-    written (ingest inserts a batch's entries in one statement). `number` hands out the
-    case's number from a reservation (`reserve_numbers`) instead of the counter.
+    written (ingest inserts a batch's entries in one statement). Without `numbered` the case
+    has neither number nor reference until the caller gives it them with `number_cases`,
+    before it is written: the counter row, locked from a case's numbering until the commit,
+    is then locked only for the end of the caller's transaction.
     """
     version = case_type.latest_version
     if version is None:
@@ -189,13 +198,13 @@ def open_case(
         errors["requester"] = problem
     if errors:
         raise CaseError("Some fields need a change: " + " ".join(errors.values()), errors)
-    number_of_case = number() if number is not None else reserve_numbers(case_type.id, 1)
+    number_of_case = reserve_numbers(case_type.id, 1) if numbered else 0
     now = utcnow()
     case = Case(
         case_type=case_type,
         version=version,
         number=number_of_case,
-        reference=f"{case_type.prefix}-{number_of_case}",
+        reference=f"{case_type.prefix}-{number_of_case}" if numbered else "",
         subject=subject,
         requester=requester,
         fields=cleaned,

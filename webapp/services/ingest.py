@@ -17,6 +17,7 @@ its own message: it is quarantined with the reason, or left "received" to be tri
 
 from __future__ import annotations
 
+import functools
 import logging
 import re
 from collections import Counter
@@ -25,7 +26,7 @@ from dataclasses import dataclass, field
 from datetime import timedelta
 from typing import Any, cast
 
-from sqlalchemy import Connection, CursorResult, func, insert, select, update
+from sqlalchemy import Connection, CursorResult, event, func, insert, select, update
 from sqlalchemy.exc import DBAPIError, OperationalError
 from sqlalchemy.orm import SessionTransaction, joinedload
 from sqlalchemy.orm.exc import StaleDataError
@@ -357,6 +358,8 @@ def ingest_message(
             )
             _carry_out(result, rule, account, batch)
         _record(inbound, result)
+        if batch is not None and result.case is not None and not result.case.reference:
+            batch.naming.append((inbound, result))  # recorded again once it is numbered
         if listener is not None:
             _count(listener.id, result.status, tally)
             _tell_sender(listener, result)
@@ -404,10 +407,12 @@ class Batch:
     rows: list[tuple[type[CaseEvent] | type[CaseAttachment], Case, dict[str, Any]]] = field(
         default_factory=list
     )
-    # Case numbers reserved for the batch, by case type: [next to hand out, end of the block].
-    numbers: dict[int, list[int]] = field(default_factory=dict)
-    # Where they stood when the message at hand began, one message at a time.
-    mark: dict[int, int] = field(default_factory=dict)
+    # The optimistic pass's new cases without their numbers yet, in the order they opened;
+    # the messages whose outcome names one of them (recorded again once it is numbered), and
+    # what waits for the numbers (acknowledgements show the case's reference).
+    unnumbered: list[Case] = field(default_factory=list)
+    naming: list[tuple[InboundMessage, Plan]] = field(default_factory=list)
+    after_numbers: list[Callable[[], None]] = field(default_factory=list)
     # What approval_service.sender_proof said about replies with a reply token, by message.
     proofs: dict[int, str] = field(default_factory=dict)
 
@@ -416,28 +421,23 @@ class Batch:
         screened = self.screened.get(inbound.id)
         return screened if screened is not None else inbound.raw
 
-    def number_source(self, case_type_id: int) -> Callable[[], int] | None:
-        """Where a new case of this type takes its number: the batch's reservation while it
-        lasts, else (None) the counter."""
-        block = self.numbers.get(case_type_id)
-        if block is None or block[0] >= block[1]:
-            return None
+    def number_cases(self) -> None:
+        """Number the pass's new cases, and record again the outcome of the messages that
+        name them (the ones that opened or joined them). From here to the commit the counter
+        rows of their case types are locked: another worker numbers its cases of those types
+        after."""
+        if self.unnumbered:
+            case_service.number_cases(self.unnumbered)
+            self.unnumbered.clear()
+        for inbound, result in self.naming:
+            _record(inbound, result)
+        self.naming.clear()
 
-        def take() -> int:
-            number = block[0]
-            block[0] += 1
-            return number
-
-        return take
-
-    def numbers_mark(self) -> dict[int, int]:
-        """Where each reservation stands, for `numbers_back` after a rollback."""
-        return {type_id: block[0] for type_id, block in self.numbers.items()}
-
-    def numbers_back(self, mark: dict[int, int]) -> None:
-        """Hand out again the numbers of cases that a rollback took away."""
-        for type_id, position in mark.items():
-            self.numbers[type_id][0] = position
+    def forget_unnumbered(self) -> None:
+        """After the pass's savepoint was rolled back: its new cases are gone."""
+        self.unnumbered.clear()
+        self.naming.clear()
+        self.after_numbers.clear()
 
     def remember(self, inbound: InboundMessage, result: Plan) -> None:
         """Count what a message did, for the messages after it in the batch."""
@@ -498,7 +498,6 @@ def ingest_batch(
         )
     }
     _read_shared(batch)
-    _reserve_numbers(batch, listeners)
     tally = Tally()
     retry: list[int] = []
     pending = sorted(batch.claimed)
@@ -518,8 +517,6 @@ def ingest_batch(
             retry += _ingest_one_by_one(batch, before, tally)
         retry += _ingest_one_by_one(batch, [failed], tally)
         pending = pending[at + 1 :]
-    for type_id, (first_unused, end) in batch.numbers.items():
-        case_service.give_back_numbers(type_id, first_unused, end)
     count_outcomes(tally)
     return retry
 
@@ -646,44 +643,35 @@ def sender_proofs(
     return proofs
 
 
-def _reserve_numbers(batch: Batch, listeners: dict[int, EmailListener]) -> None:
-    """Reserve the case numbers the batch may need, one statement per case type instead of
-    one per new case: as many as there are messages whose listener's rule opens cases of the
-    type. The counter rows stay locked until the commit; what is left is given back before it,
-    so the numbering has no gaps. (Mail routed by a channel takes its numbers one by one.)"""
-    wanted: Counter[int] = Counter()
-    for inbound in batch.claimed.values():
-        listener = listeners.get(inbound.listener_id) if inbound.listener_id else None
-        rule = listener.rule if listener is not None and listener.channel is None else None
-        if rule is not None and rule.action == RuleAction.CREATE_CASE.value and rule.case_type_id:
-            wanted[rule.case_type_id] += 1
-    # In one order everywhere, so that two workers lock counter rows without a deadlock.
-    for type_id in sorted(wanted):
-        try:
-            first = case_service.reserve_numbers(type_id, wanted[type_id])
-        except case_service.CaseError:
-            continue  # no counter: each case reports it when it asks for a number
-        batch.numbers[type_id] = [first, first + wanted[type_id]]
-
-
 def _ingest_together(batch: Batch, ids: list[int], tally: Tally) -> int | None:
     """Ingest `ids` in one savepoint; None, or (keeping nothing) the position of the message
     that failed, len(ids) when the failure came while writing them all.
 
     The common case, where every message goes through, writes the rows together at the end
     (and before a query that must see them, such as a reply's correlation) instead of a
-    savepoint and two flushes per message.
+    savepoint and two flushes per message. The new cases are numbered just before they are
+    written (`Batch.number_cases`, also from any flush before the end): the counter row of
+    their case type, which stays locked until the commit, is not held while the messages are
+    worked out, so another worker opening cases of the same type waits only for the writing.
     """
     processed, opened, threads = dict(batch.processed), Counter(batch.opened), dict(batch.threads)
-    numbers = batch.numbers_mark()
     together = Tally()
     savepoint = db.session.begin_nested()
     batch.optimistic = True
+    session = db.session()
+
+    def number_first(*_: Any) -> None:
+        batch.number_cases()
+
+    event.listen(session, "before_flush", number_first)
     at = 0
     try:
         for at, inbound_id in enumerate(ids):  # noqa: B007 - `at` is reported on failure
             ingest_message(inbound_id, together, batch=batch)
         at = len(ids)
+        batch.number_cases()
+        for step in batch.after_numbers:
+            step()
         # The new cases take their ids in one query (PostgreSQL): see models.storage.
         assign_ids([obj for obj in db.session.new if isinstance(obj, Case) and obj.id is None])
         db.session.flush()
@@ -699,11 +687,13 @@ def _ingest_together(batch: Batch, ids: list[int], tally: Tally) -> int | None:
         # the pass back (the claim stays).
         _undo(savepoint)
         batch.processed, batch.opened, batch.threads = processed, opened, threads
-        batch.numbers_back(numbers)
+        batch.forget_unnumbered()
         return at
     finally:
+        event.remove(session, "before_flush", number_first)
         batch.optimistic = False
         batch.rows.clear()
+        batch.after_numbers.clear()
     savepoint.commit()
     tally.update(together)
     return None
@@ -714,7 +704,6 @@ def _ingest_one_by_one(batch: Batch, ids: list[int], tally: Tally) -> list[int]:
     retry: list[int] = []
     for inbound_id in ids:
         listener_id = batch.claimed[inbound_id].listener_id
-        batch.mark = batch.numbers_mark()
         savepoint = db.session.begin_nested()
         try:
             ingest_message(inbound_id, tally, batch=batch)
@@ -722,14 +711,12 @@ def _ingest_one_by_one(batch: Batch, ids: list[int], tally: Tally) -> list[int]:
                 savepoint.commit()
         except IngestError as exc:
             _undo(savepoint)
-            batch.numbers_back(batch.mark)
             log.warning("inbound message %s: %s", inbound_id, exc)
             retry.append(inbound_id)
         except OperationalError:
             raise
         except Exception as exc:
             _undo(savepoint)
-            batch.numbers_back(batch.mark)
             log.exception("ingest of inbound message %s failed; quarantined", inbound_id)
             quarantine_failed(inbound_id, exc)
             if listener_id is not None:
@@ -946,9 +933,20 @@ def _carry_out(
         subject = " ".join(message.subject.split())[:300] or NO_SUBJECT
         # A case opened just now was last updated just now: no second write to its row. Its
         # first rows are written with the batch's (their order among themselves is kept),
-        # unless a stage action follows, whose entry must come after the email's.
-        later = batch if batch is not None and batch.optimistic and not rule.stage_action else None
+        # unless a stage action follows, whose entry must come after the email's. In the
+        # batch's optimistic pass it is numbered with the batch's other new cases, just before
+        # they are written, unless mail that shows its reference goes out at once: its first
+        # stage's, or its stage action's. Then it and the cases before it are numbered now.
+        optimistic = batch if batch is not None and batch.optimistic else None
+        later = optimistic if not rule.stage_action else None
         entries: list[dict[str, Any]] | None = [] if later is not None else None
+        unnumbered = (
+            optimistic is not None
+            and not rule.stage_action
+            and not case_service.opening_mails(case_type)
+        )
+        if optimistic is not None and not unnumbered:
+            optimistic.number_cases()
         result.case = case_service.open_case(
             case_type,
             values,
@@ -960,14 +958,17 @@ def _carry_out(
             email_account=account,
             flush=False,
             entries=entries,
-            number=batch.number_source(case_type.id) if batch is not None else None,
+            numbered=not unnumbered,
         )
+        if optimistic is not None and unnumbered:
+            optimistic.unnumbered.append(result.case)
         if later is not None and entries:
             later.rows += [(CaseEvent, result.case, entry) for entry in entries]
         _email_event(result.case, result.sender, message, touch=False, later=later)
         _store_attachments(result.case, result.attachments, message, later=later)
         if rule.send_ack and rule.ack_subject:
-            _queue_mail(
+            acknowledge = functools.partial(
+                _queue_mail,
                 result.case,
                 OutboundKind.ACKNOWLEDGEMENT,
                 result.sender,
@@ -975,6 +976,11 @@ def _carry_out(
                 rule.ack_body,
                 message,
             )
+            if result.case.reference:
+                acknowledge()
+            else:
+                assert optimistic is not None
+                optimistic.after_numbers.append(acknowledge)
             result.notes.append(f"An acknowledgement to {result.sender} was queued.")
         if rule.stage_action:
             _run_stage_action(result, rule, result.case)
@@ -997,6 +1003,8 @@ def _carry_out(
     _email_event(case, result.sender, message)
     _store_attachments(case, result.attachments, message)
     if rule.stage_action and case.status == "open":
+        if batch is not None and not case.reference:
+            batch.number_cases()  # opened earlier in the pass: the action may show its reference
         _run_stage_action(result, rule, case)
 
 
@@ -1158,8 +1166,6 @@ def _roll_back(batch: Batch | None = None) -> None:
     savepoint = db.session().get_nested_transaction()
     if savepoint is not None:
         savepoint.rollback()
-        if batch is not None:
-            batch.numbers_back(batch.mark)
     else:
         db.session.rollback()
 
