@@ -2,16 +2,19 @@
 
 from __future__ import annotations
 
+import copy
 import fcntl
 import threading
 import time
 
 import psycopg
 import pytest
-from sqlalchemy import func, select, text
+import sqlalchemy.exc
+from sqlalchemy import event, func, select, text
 
 from tests.fixtures.app import both_databases
 from tests.support.inbound import load, make_route, message, store
+from webapp.casetypes.starters import STARTERS
 from webapp.extensions import db
 from webapp.models import (
     Case,
@@ -443,6 +446,104 @@ def test_a_case_opened_while_a_batch_works_out_its_messages_does_not_wait_for_it
     with app.app_context():
         by_subject = dict(db.session.execute(select(Case.subject, Case.reference)).all())
     assert by_subject == {"Typed in": "EXP-1001", "Taxi": "EXP-1002", "Hotel": "EXP-1003"}
+
+
+@both_databases
+def test_cases_whose_first_stage_looks_up_an_assignee_are_written_with_their_numbers(
+    app, make_account, make_case_type, make_user
+):
+    """Looking up the first stage's assignee must not write a case of the batch before it is
+    numbered: such a row (no number, no reference) would be unique across all case types, and
+    make another worker's batch of any type wait."""
+    make_user(email="clerk@example.com")
+    draft = copy.deepcopy(STARTERS["expense-approval"].definition)
+    draft["stages"][0].update(assignee_kind="user", assignee="clerk@example.com")
+    listener_id = make_route(app, make_account(), make_case_type(draft=draft))
+    ids = [
+        store(app, message(subject=s, message_id=f"<{s}@example.com>"), listener_id)
+        for s in ("Taxi", "Hotel", "Train")
+    ]
+    written: list[str] = []
+
+    def spy(conn, cursor, statement, parameters, context, executemany):
+        if statement.lstrip().upper().startswith("INSERT INTO CASES"):
+            written.append(repr(parameters))
+
+    with app.app_context():
+        engine = db.engine
+    event.listen(engine, "before_cursor_execute", spy)
+    try:
+        ingest_batch(app, ids)
+    finally:
+        event.remove(engine, "before_cursor_execute", spy)
+    assert written and not any("''" in statement for statement in written), written
+    with app.app_context():
+        cases = db.session.execute(select(Case.subject, Case.reference, Case.assignee_id)).all()
+    assert sorted((subject, reference) for subject, reference, _ in cases) == [
+        ("Hotel", "EXP-1002"),
+        ("Taxi", "EXP-1001"),
+        ("Train", "EXP-1003"),
+    ]
+    assert all(assignee is not None for _, _, assignee in cases)
+
+
+@pytest.mark.parametrize("database_url", ["postgres"], indirect=True)
+def test_two_workers_mixing_replies_and_new_cases_of_one_type_do_not_deadlock(
+    app, route, monkeypatch
+):
+    """A batch whose reply (found by the case id in its subject) updates a case before the
+    batch opens one, beside a batch that opens one before it updates the same case: the
+    counter row is always locked before any case row, so neither waits for the other in a
+    circle (PostgreSQL would end one of them as a deadlock, and the batch would start over)."""
+    listener_id = route()
+    ingest_batch(
+        app, [store(app, message(subject="First", message_id="<f@example.com>"), listener_id)]
+    )
+    first_batch = [
+        store(app, message(subject=s, message_id=f"<{n}@example.com>"), listener_id)
+        for n, s in enumerate(("Re: [EXP-1001] one", "Re: [EXP-1001] two", "New from A"))
+    ]
+    second_batch = [
+        store(app, message(subject=s, message_id=f"<b{n}@example.com>"), listener_id)
+        for n, s in enumerate(("New from B", "Re: [EXP-1001] three"))
+    ]
+    failures: list[str] = []
+    real_batch = ingest_service.ingest_batch
+
+    def ingest_and_note_failures(*args, **kwargs):
+        try:
+            return real_batch(*args, **kwargs)
+        except sqlalchemy.exc.OperationalError as exc:
+            failures.append(str(exc.orig))
+            raise
+
+    monkeypatch.setattr(ingest_service, "ingest_batch", ingest_and_note_failures)
+    working, go_on = threading.Event(), threading.Event()
+    real = ingest_service._email_event
+
+    def pause_first_batch_at_its_new_case(case, sender, parsed, **kwargs):
+        if parsed.subject == "New from A" and not go_on.is_set():
+            working.set()
+            go_on.wait(10)
+        real(case, sender, parsed, **kwargs)
+
+    monkeypatch.setattr(ingest_service, "_email_event", pause_first_batch_at_its_new_case)
+    first = threading.Thread(target=ingest_batch, args=(app, first_batch))
+    first.start()
+    try:
+        assert working.wait(10)
+        second = threading.Thread(target=ingest_batch, args=(app, second_batch))
+        second.start()
+        second.join(0.8)
+    finally:
+        go_on.set()
+        first.join(20)
+        second.join(20)
+    assert failures == []
+    assert [load(app, i).status for i in first_batch + second_batch] == ["processed"] * 5
+    with app.app_context():
+        references = sorted(db.session.scalars(select(Case.reference)))
+    assert references == ["EXP-1001", "EXP-1002", "EXP-1003"]
 
 
 def test_workers_on_sqlite_take_turns_to_write(app, route):

@@ -120,10 +120,23 @@ def reserve_numbers(case_type_id: int, count: int) -> int:
     return end - count
 
 
+def lock_counters(case_type_ids: list[int]) -> None:
+    """Lock the counter rows of these case types until the transaction ends, in the order of
+    their ids: a caller that takes numbers of several types, at several moments, locks them
+    all first, so that two such transactions never wait for each other's counter rows (nor
+    for a case row one of them wrote before it asked for a counter)."""
+    if case_type_ids:
+        db.session.connection().execute(
+            select(CaseCounter.case_type_id)
+            .where(CaseCounter.case_type_id.in_(sorted(case_type_ids)))
+            .order_by(CaseCounter.case_type_id)
+            .with_for_update()
+        ).all()
+
+
 def number_cases(cases: list[Case]) -> None:
     """Give cases opened with `numbered=False` their numbers and references, in the order of
-    `cases`: one reservation per case type, in the order of the types' ids (two transactions
-    that number cases of the same types lock their counter rows in one order)."""
+    `cases`: one reservation per case type, in the order of the types' ids."""
     by_type: dict[int, tuple[CaseType, list[Case]]] = {}
     for case in cases:
         by_type.setdefault(case.case_type.id, (case.case_type, []))[1].append(case)
@@ -218,7 +231,12 @@ def open_case(
     )
     db.session.add(case)
     actor = actor_for(user, channel)
-    _enter_stage(case, definition, definition.first_stage, now)
+    if numbered:
+        _enter_stage(case, definition, definition.first_stage, now)
+    else:
+        # Its stage's look-ups (an assignee, a group) must not write it before it has a number.
+        with db.session.no_autoflush:
+            _enter_stage(case, definition, definition.first_stage, now)
     if entries is None:
         _event(case, actor, user, "created", to_stage=case.stage, action="Created")
     else:

@@ -21,7 +21,7 @@ import functools
 import logging
 import re
 from collections import Counter
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from datetime import timedelta
 from typing import Any, cast
@@ -413,6 +413,10 @@ class Batch:
     unnumbered: list[Case] = field(default_factory=list)
     naming: list[tuple[InboundMessage, Plan]] = field(default_factory=list)
     after_numbers: list[Callable[[], None]] = field(default_factory=list)
+    # The case types the batch's listeners may open cases of; their counter rows are locked
+    # together, before the batch writes anything else (`lock_counters`).
+    case_types: set[int] = field(default_factory=set)
+    counters_locked: bool = False
     # What approval_service.sender_proof said about replies with a reply token, by message.
     proofs: dict[int, str] = field(default_factory=dict)
 
@@ -424,8 +428,9 @@ class Batch:
     def number_cases(self) -> None:
         """Number the pass's new cases, and record again the outcome of the messages that
         name them (the ones that opened or joined them). From here to the commit the counter
-        rows of their case types are locked: another worker numbers its cases of those types
-        after."""
+        rows of the batch's case types are locked: another worker numbers its cases of those
+        types after."""
+        self.lock_counters()
         if self.unnumbered:
             case_service.number_cases(self.unnumbered)
             self.unnumbered.clear()
@@ -433,11 +438,21 @@ class Batch:
             _record(inbound, result)
         self.naming.clear()
 
+    def lock_counters(self) -> None:
+        """Lock the counter rows of every case type the batch may open cases of, once, before
+        the batch writes a case or takes a number: workers then take these locks first and
+        in one order, and never wait for each other in a circle."""
+        if not self.counters_locked:
+            case_service.lock_counters(sorted(self.case_types))
+            self.counters_locked = True
+
     def forget_unnumbered(self) -> None:
-        """After the pass's savepoint was rolled back: its new cases are gone."""
+        """After the pass's savepoint was rolled back: its new cases are gone, and the
+        counter rows locked since it began are free again."""
         self.unnumbered.clear()
         self.naming.clear()
         self.after_numbers.clear()
+        self.counters_locked = False
 
     def remember(self, inbound: InboundMessage, result: Plan) -> None:
         """Count what a message did, for the messages after it in the batch."""
@@ -458,7 +473,9 @@ def ingest_batch(
     Raises OperationalError when the database fails; the caller rolls back and nothing is kept.
 
     Parsing and filtering, the costly pure part, run before the claim, so that another worker
-    parses while this one holds the write lock (SQLite) or the case counter's row (PostgreSQL).
+    parses while this one holds the write lock (SQLite, from the claim to the commit). On
+    PostgreSQL a case type's counter row is held only from the numbering of the batch's new
+    cases, just before they are written (see `_ingest_together`).
     One conditional UPDATE claims the whole batch; the messages are then ingested together in
     one savepoint. A message that fails there is taken out and ingested in a savepoint of its
     own, so that it undoes only its own writes and is quarantined with the reason (or, when its
@@ -470,7 +487,7 @@ def ingest_batch(
     if not waiting:
         return []
     listeners = _listeners({row.listener_id for row in waiting if row.listener_id is not None})
-    batch = Batch()
+    batch = Batch(case_types=_case_types_opened(listeners.values()))
     for row in waiting:
         listener = listeners.get(row.listener_id) if row.listener_id is not None else None
         limits = Limits(max_size=listener.max_message_bytes) if listener else None
@@ -661,7 +678,7 @@ def _ingest_together(batch: Batch, ids: list[int], tally: Tally) -> int | None:
     session = db.session()
 
     def number_first(*_: Any) -> None:
-        batch.number_cases()
+        batch.number_cases()  # locks the counters first, even when no case waits
 
     event.listen(session, "before_flush", number_first)
     at = 0
@@ -701,6 +718,7 @@ def _ingest_together(batch: Batch, ids: list[int], tally: Tally) -> int | None:
 
 def _ingest_one_by_one(batch: Batch, ids: list[int], tally: Tally) -> list[int]:
     """Ingest each message in a savepoint of its own; the ids to retry."""
+    batch.lock_counters()  # outside the messages' savepoints, whose rollback would free them
     retry: list[int] = []
     for inbound_id in ids:
         listener_id = batch.claimed[inbound_id].listener_id
@@ -732,6 +750,29 @@ def _undo(savepoint: SessionTransaction) -> None:
     """
     if db.session().get_nested_transaction() is savepoint:
         savepoint.rollback()
+
+
+def _case_types_opened(listeners: Iterable[EmailListener]) -> set[int]:
+    """The case types whose cases mail of these listeners may open: their rules', and every
+    target of their channels."""
+    rules: list[ServiceEmailRule | None] = []
+    found: set[int] = set()
+    for listener in listeners:
+        rules.append(listener.rule)
+        channel = listener.channel
+        if channel is not None:
+            rules.append(channel.default_rule)
+            rules += [route.rule for route in channel.routes]
+            found.update(
+                type_id
+                for type_id in (
+                    channel.default_case_type_id,
+                    *(route.case_type_id for route in channel.routes),
+                )
+                if type_id is not None
+            )
+    found.update(rule.case_type_id for rule in rules if rule is not None and rule.case_type_id)
+    return found
 
 
 def _listeners(ids: set[int]) -> dict[int, EmailListener]:
