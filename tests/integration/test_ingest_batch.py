@@ -77,6 +77,22 @@ def explode_on(monkeypatch, subject: str) -> None:
     monkeypatch.setattr(ingest_service, "_email_event", explode_on_one)
 
 
+def pause_at(monkeypatch, subject: str) -> tuple[threading.Event, threading.Event]:
+    """Make the batch holding the message with `subject` stop as it writes that message's email
+    entry (in its pass, before its cases are written): (set once it stops, set to go on)."""
+    working, go_on = threading.Event(), threading.Event()
+    real = ingest_service._email_event
+
+    def pause(case, sender, parsed, **kwargs):
+        if parsed.subject == subject and not go_on.is_set():
+            working.set()
+            go_on.wait(10)
+        real(case, sender, parsed, **kwargs)
+
+    monkeypatch.setattr(ingest_service, "_email_event", pause)
+    return working, go_on
+
+
 @both_databases
 def test_a_batch_opens_cases_joins_replies_within_it_and_ignores_a_copy(app, route):
     listener_id = route()
@@ -404,16 +420,7 @@ def test_a_case_opened_while_a_batch_works_out_its_messages_does_not_wait_for_it
     ]
     with app.app_context():
         type_id = db.session.scalars(select(CaseType.id)).one()
-    working, go_on = threading.Event(), threading.Event()
-    real = ingest_service._email_event
-
-    def pause_at_hotel(case, sender, parsed, **kwargs):
-        if parsed.subject == "Hotel":
-            working.set()
-            go_on.wait(10)
-        real(case, sender, parsed, **kwargs)
-
-    monkeypatch.setattr(ingest_service, "_email_event", pause_at_hotel)
+    working, go_on = pause_at(monkeypatch, "Hotel")
     batch = threading.Thread(target=ingest_batch, args=(app, ids))
     batch.start()
     web_reference: list[str] = []
@@ -518,16 +525,7 @@ def test_two_workers_mixing_replies_and_new_cases_of_one_type_do_not_deadlock(
             raise
 
     monkeypatch.setattr(ingest_service, "ingest_batch", ingest_and_note_failures)
-    working, go_on = threading.Event(), threading.Event()
-    real = ingest_service._email_event
-
-    def pause_first_batch_at_its_new_case(case, sender, parsed, **kwargs):
-        if parsed.subject == "New from A" and not go_on.is_set():
-            working.set()
-            go_on.wait(10)
-        real(case, sender, parsed, **kwargs)
-
-    monkeypatch.setattr(ingest_service, "_email_event", pause_first_batch_at_its_new_case)
+    working, go_on = pause_at(monkeypatch, "New from A")
     first = threading.Thread(target=ingest_batch, args=(app, first_batch))
     first.start()
     try:
