@@ -93,6 +93,44 @@ def pause_at(monkeypatch, subject: str) -> tuple[threading.Event, threading.Even
     return working, go_on
 
 
+def fail_once_on(monkeypatch, subject: str) -> None:
+    """Make writing the email entry of the message with `subject` fail the first time only."""
+    real = ingest_service._email_event
+    failed: list[bool] = []
+
+    def fail_once(case, sender, parsed, **kwargs):
+        if parsed.subject == subject and not failed:
+            failed.append(True)
+            raise RuntimeError("disk on fire, once")
+        real(case, sender, parsed, **kwargs)
+
+    monkeypatch.setattr(ingest_service, "_email_event", fail_once)
+
+
+def open_on_the_web(app, wait: float) -> str | None:
+    """Open an expense case as the web page does, in a thread; its reference, or None when it
+    was still waiting after `wait` seconds (it is then left to finish)."""
+    opened: list[str] = []
+
+    def open_case() -> None:
+        with app.app_context():
+            case = case_service.open_case(
+                db.session.scalars(select(CaseType)).one(),
+                {"amount": "1", "category": "Travel"},
+                subject="Typed in",
+                requester="web@example.com",
+                user=None,
+                require_fields=False,
+            )
+            db.session.commit()
+            opened.append(case.reference)
+
+    web = threading.Thread(target=open_case)
+    web.start()
+    web.join(wait)
+    return opened[0] if opened else None
+
+
 @both_databases
 def test_a_batch_opens_cases_joins_replies_within_it_and_ignores_a_copy(app, route):
     listener_id = route()
@@ -341,18 +379,9 @@ def test_case_numbers_stay_consecutive_across_failures_batches_and_other_cases(
         for s in ("Four", "Five")
     ]
     ingest_batch(app, later)
+    by_web_reference = open_on_the_web(app, wait=10)
     with app.app_context():
-        by_web = case_service.open_case(
-            db.session.get(Case, load(app, ids[0]).case_id).case_type,
-            {"amount": "1", "category": "Travel"},
-            subject="Typed in",
-            requester="web@example.com",
-            user=None,
-            require_fields=False,
-        )
-        db.session.commit()
         references = db.session.scalars(select(Case.reference).order_by(Case.id)).all()
-        by_web_reference = by_web.reference
     # Five cases by email (one message failed, one was refused), then one from the web page:
     # numbered one after the other, none skipped, none twice.
     assert references == [f"EXP-{1001 + n}" for n in range(6)]
@@ -418,38 +447,15 @@ def test_a_case_opened_while_a_batch_works_out_its_messages_does_not_wait_for_it
         store(app, message(subject=s, message_id=f"<{s}@example.com>"), listener_id)
         for s in ("Taxi", "Hotel")
     ]
-    with app.app_context():
-        type_id = db.session.scalars(select(CaseType.id)).one()
     working, go_on = pause_at(monkeypatch, "Hotel")
     batch = threading.Thread(target=ingest_batch, args=(app, ids))
     batch.start()
-    web_reference: list[str] = []
-
-    def open_on_the_web() -> None:
-        with app.app_context():
-            case = case_service.open_case(
-                db.session.get(CaseType, type_id),
-                {"amount": "1", "category": "Travel"},
-                subject="Typed in",
-                requester="web@example.com",
-                user=None,
-                require_fields=False,
-            )
-            db.session.commit()
-            web_reference.append(case.reference)
-
     try:
         assert working.wait(10)
-        web = threading.Thread(target=open_on_the_web)
-        web.start()
-        web.join(5)
-        written_meanwhile = not web.is_alive()
+        assert open_on_the_web(app, wait=5) == "EXP-1001", "the web page waited for the batch"
     finally:
         go_on.set()
         batch.join(10)
-        web.join(10)
-    assert written_meanwhile, "the web page waited for the batch"
-    assert web_reference == ["EXP-1001"]
     with app.app_context():
         by_subject = dict(db.session.execute(select(Case.subject, Case.reference)).all())
     assert by_subject == {"Typed in": "EXP-1001", "Taxi": "EXP-1002", "Hotel": "EXP-1003"}
@@ -474,7 +480,7 @@ def test_cases_whose_first_stage_looks_up_an_assignee_are_written_with_their_num
 
     def spy(conn, cursor, statement, parameters, context, executemany):
         if statement.lstrip().upper().startswith("INSERT INTO CASES"):
-            written.append(repr(parameters))
+            written.extend(row["reference"] for row in context.compiled_parameters)
 
     with app.app_context():
         engine = db.engine
@@ -483,7 +489,7 @@ def test_cases_whose_first_stage_looks_up_an_assignee_are_written_with_their_num
         ingest_batch(app, ids)
     finally:
         event.remove(engine, "before_cursor_execute", spy)
-    assert written and not any("''" in statement for statement in written), written
+    assert sorted(written) == ["EXP-1001", "EXP-1002", "EXP-1003"]
     with app.app_context():
         cases = db.session.execute(select(Case.subject, Case.reference, Case.assignee_id)).all()
     assert sorted((subject, reference) for subject, reference, _ in cases) == [
@@ -542,6 +548,102 @@ def test_two_workers_mixing_replies_and_new_cases_of_one_type_do_not_deadlock(
     with app.app_context():
         references = sorted(db.session.scalars(select(Case.reference)))
     assert references == ["EXP-1001", "EXP-1002", "EXP-1003"]
+
+
+@pytest.mark.parametrize("database_url", ["postgres"], indirect=True)
+def test_a_batch_of_replies_leaves_the_counter_row_free(app, route, monkeypatch):
+    """Replies found by the case id in their subject open no case: while their batch works,
+    a case of the same type opened on the web page is written at once."""
+    listener_id = route()
+    ingest_batch(
+        app, [store(app, message(subject="First", message_id="<f@example.com>"), listener_id)]
+    )
+    ids = [
+        store(
+            app,
+            message(subject=f"Re: [EXP-1001] {n}", message_id=f"<r{n}@example.com>"),
+            listener_id,
+        )
+        for n in ("one", "two", "three")
+    ]
+    working, go_on = pause_at(monkeypatch, "Re: [EXP-1001] three")
+    batch = threading.Thread(target=ingest_batch, args=(app, ids))
+    batch.start()
+    try:
+        assert working.wait(10)
+        assert open_on_the_web(app, wait=5) == "EXP-1002"
+    finally:
+        go_on.set()
+        batch.join(10)
+    assert [load(app, i).case_id for i in ids] == [load(app, ids[0]).case_id] * 3
+    assert [load(app, i).status_reason.split(" (")[0] for i in ids] == ["Joins EXP-1001"] * 3
+
+
+class CaseWritesSpy:
+    """Every statement of the ingest transactions: whether a case row was written (INSERT or
+    UPDATE) while the counter rows were not locked, savepoints rolled back included."""
+
+    def __init__(self) -> None:
+        self.locked = False
+        self.savepoints: list[tuple[str, bool]] = []
+        self.early: list[str] = []
+
+    def statement(self, conn, cursor, statement, parameters, context, executemany) -> None:
+        words = statement.split()
+        head = " ".join(words[:3]).upper()
+        if words[0].upper() == "SAVEPOINT":
+            self.savepoints.append((words[1], self.locked))
+        elif head.startswith("ROLLBACK TO SAVEPOINT"):
+            while self.savepoints:
+                name, locked = self.savepoints.pop()
+                if name == words[3]:
+                    self.locked = locked
+                    break
+        elif "case_counters" in statement and (
+            "FOR UPDATE" in statement or head.startswith("UPDATE CASE_COUNTERS")
+        ):
+            self.locked = True
+        elif head.startswith(("INSERT INTO CASES", "UPDATE CASES")) and not self.locked:
+            self.early.append(" ".join(words[:4]))
+
+    def ended(self, conn) -> None:
+        self.locked, self.savepoints = False, []
+
+
+@pytest.mark.parametrize("database_url", ["postgres"], indirect=True)
+@pytest.mark.parametrize("failing", ["", "New two", "Re: [EXP-1001] b"])
+def test_a_batch_writes_no_case_before_it_holds_the_counter_rows(app, route, monkeypatch, failing):
+    """The order that keeps two workers from waiting for each other in a circle: counter rows
+    first, then case rows; also when a stage action writes in the middle of the pass, when a
+    pass fails and goes again, and one message at a time."""
+    listener_id = route(stage_action="submit")
+    ingest_batch(
+        app, [store(app, message(subject="First", message_id="<f@example.com>"), listener_id)]
+    )
+    subjects = ["Re: [EXP-1001] a", "New one", "Re: [EXP-1001] b", "New two", "New three"]
+    ids = [
+        store(app, message(subject=s, message_id=f"<o{n}@example.com>"), listener_id)
+        for n, s in enumerate(subjects)
+    ]
+    if failing:
+        fail_once_on(monkeypatch, failing)
+    spy = CaseWritesSpy()
+    with app.app_context():
+        engine = db.engine
+    listeners = [
+        ("before_cursor_execute", spy.statement),
+        ("commit", spy.ended),
+        ("rollback", spy.ended),
+    ]
+    for name, listener in listeners:
+        event.listen(engine, name, listener)
+    try:
+        ingest_batch(app, ids)
+    finally:
+        for name, listener in listeners:
+            event.remove(engine, name, listener)
+    assert [load(app, i).status for i in ids] == ["processed"] * 5
+    assert spy.early == []
 
 
 def test_workers_on_sqlite_take_turns_to_write(app, route):

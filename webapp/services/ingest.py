@@ -353,9 +353,11 @@ def ingest_message(
                 proof=batch.proofs.get(inbound.id) if batch is not None else proof,
             )
         if rule is not None and result.action in (OPEN, JOIN, REOPEN, REPLY_CLOSED):
-            account = (
-                db.session.get(EmailAccount, inbound.account_id) if inbound.account_id else None
-            )
+            account = None
+            if inbound.account_id is not None:
+                account = (batch.accounts.get(inbound.account_id) if batch else None) or (
+                    db.session.get(EmailAccount, inbound.account_id)
+                )
             _carry_out(result, rule, account, batch)
         _record(inbound, result)
         if batch is not None and result.case is not None and not result.case.reference:
@@ -419,6 +421,9 @@ class Batch:
     counters_locked: bool = False
     # What approval_service.sender_proof said about replies with a reply token, by message.
     proofs: dict[int, str] = field(default_factory=dict)
+    # The accounts the messages arrived through, read once: a read per message would flush
+    # the pass's writes, and with them lock the counter rows, from its second message on.
+    accounts: dict[int, EmailAccount] = field(default_factory=dict)
 
     def take_screened(self, inbound: InboundMessage) -> Screened | bytes:
         """The message as screened before the claim (its raw bytes if it was not)."""
@@ -515,6 +520,14 @@ def ingest_batch(
         )
     }
     _read_shared(batch)
+    account_ids = {m.account_id for m in batch.claimed.values() if m.account_id is not None}
+    if account_ids:
+        batch.accounts = {
+            account.id: account
+            for account in db.session.scalars(
+                select(EmailAccount).where(EmailAccount.id.in_(account_ids))
+            )
+        }
     tally = Tally()
     retry: list[int] = []
     pending = sorted(batch.claimed)
@@ -753,8 +766,8 @@ def _undo(savepoint: SessionTransaction) -> None:
 
 
 def _case_types_opened(listeners: Iterable[EmailListener]) -> set[int]:
-    """The case types whose cases mail of these listeners may open: their rules', and every
-    target of their channels."""
+    """The case types whose cases mail of these listeners may open: their rules' (those that
+    open cases), and every target of their channels."""
     rules: list[ServiceEmailRule | None] = []
     found: set[int] = set()
     for listener in listeners:
@@ -771,7 +784,13 @@ def _case_types_opened(listeners: Iterable[EmailListener]) -> set[int]:
                 )
                 if type_id is not None
             )
-    found.update(rule.case_type_id for rule in rules if rule is not None and rule.case_type_id)
+    found.update(
+        rule.case_type_id
+        for rule in rules
+        if rule is not None
+        and rule.case_type_id
+        and rule.action != RuleAction.UPDATE_CASE.value  # only updates: never opens a case
+    )
     return found
 
 
@@ -1287,11 +1306,26 @@ def _attachments(message: ParsedMessage, rule: ServiceEmailRule) -> list[Attachm
 
 
 def _lookups(batch: Batch | None = None) -> Lookups[Case]:
+    by_token: Callable[[str], Case | None] = approval_service.case_for_token
+    by_case_id: Callable[[str], Case | None] = case_service.find_case
+    if batch is not None:
+        # Without writing the batch's rows first: that would lock the counter rows from here
+        # to the commit. What the batch wrote cannot be what a reply names: its new cases
+        # have no number yet, and no mail with their tokens has gone out.
+        by_token, by_case_id = _without_flush(by_token), _without_flush(by_case_id)
     return Lookups(
-        by_reply_token=approval_service.case_for_token,
+        by_reply_token=by_token,
         by_message_ids=lambda message_ids: _cases_by_message_ids(message_ids, batch),
-        by_case_id=case_service.find_case,
+        by_case_id=by_case_id,
     )
+
+
+def _without_flush(look_up: Callable[[str], Case | None]) -> Callable[[str], Case | None]:
+    def looked_up(key: str) -> Case | None:
+        with db.session.no_autoflush:
+            return look_up(key)
+
+    return looked_up
 
 
 def _correlate(message: ParsedMessage, batch: Batch | None = None) -> Correlation[Case]:
