@@ -120,7 +120,7 @@ def reserve_numbers(case_type_id: int, count: int) -> int:
     return end - count
 
 
-def lock_counters(case_type_ids: list[int]) -> None:
+def lock_counters(case_type_ids: set[int]) -> None:
     """Lock the counter rows of these case types until the transaction ends, in the order of
     their ids: a caller that takes numbers of several types, at several moments, locks them
     all first, so that two such transactions never wait for each other's counter rows (nor
@@ -128,7 +128,7 @@ def lock_counters(case_type_ids: list[int]) -> None:
     if case_type_ids:
         db.session.connection().execute(
             select(CaseCounter.case_type_id)
-            .where(CaseCounter.case_type_id.in_(sorted(case_type_ids)))
+            .where(CaseCounter.case_type_id.in_(case_type_ids))
             .order_by(CaseCounter.case_type_id)
             .with_for_update()
         ).all()

@@ -448,7 +448,7 @@ class Batch:
         the batch writes a case or takes a number: workers then take these locks first and
         in one order, and never wait for each other in a circle."""
         if not self.counters_locked:
-            case_service.lock_counters(sorted(self.case_types))
+            case_service.lock_counters(self.case_types)
             self.counters_locked = True
 
     def forget_unnumbered(self) -> None:
@@ -456,7 +456,6 @@ class Batch:
         counter rows locked since it began are free again."""
         self.unnumbered.clear()
         self.naming.clear()
-        self.after_numbers.clear()
         self.counters_locked = False
 
     def remember(self, inbound: InboundMessage, result: Plan) -> None:
@@ -492,7 +491,10 @@ def ingest_batch(
     if not waiting:
         return []
     listeners = _listeners({row.listener_id for row in waiting if row.listener_id is not None})
-    batch = Batch(case_types=_case_types_opened(listeners.values()))
+    batch = Batch(
+        case_types=_case_types_opened(listeners.values()),
+        accounts=_accounts({row.account_id for row in waiting if row.account_id is not None}),
+    )
     for row in waiting:
         listener = listeners.get(row.listener_id) if row.listener_id is not None else None
         limits = Limits(max_size=listener.max_message_bytes) if listener else None
@@ -520,14 +522,6 @@ def ingest_batch(
         )
     }
     _read_shared(batch)
-    account_ids = {m.account_id for m in batch.claimed.values() if m.account_id is not None}
-    if account_ids:
-        batch.accounts = {
-            account.id: account
-            for account in db.session.scalars(
-                select(EmailAccount).where(EmailAccount.id.in_(account_ids))
-            )
-        }
     tally = Tally()
     retry: list[int] = []
     pending = sorted(batch.claimed)
@@ -678,8 +672,8 @@ def _ingest_together(batch: Batch, ids: list[int], tally: Tally) -> int | None:
     that failed, len(ids) when the failure came while writing them all.
 
     The common case, where every message goes through, writes the rows together at the end
-    (and before a query that must see them, such as a reply's correlation) instead of a
-    savepoint and two flushes per message. The new cases are numbered just before they are
+    (and wherever a query or a stage action flushes before it) instead of a savepoint and two
+    flushes per message. The new cases are numbered just before they are
     written (`Batch.number_cases`, also from any flush before the end): the counter row of
     their case type, which stays locked until the commit, is not held while the messages are
     worked out, so another worker opening cases of the same type waits only for the writing.
@@ -792,6 +786,14 @@ def _case_types_opened(listeners: Iterable[EmailListener]) -> set[int]:
         and rule.action != RuleAction.UPDATE_CASE.value  # only updates: never opens a case
     )
     return found
+
+
+def _accounts(ids: set[int]) -> dict[int, EmailAccount]:
+    """The accounts of `ids`, read before the claim (as the listeners are), in one query."""
+    if not ids:
+        return {}
+    stmt = select(EmailAccount).where(EmailAccount.id.in_(ids))
+    return {account.id: account for account in db.session.scalars(stmt)}
 
 
 def _listeners(ids: set[int]) -> dict[int, EmailListener]:
