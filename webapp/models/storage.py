@@ -81,11 +81,20 @@ def compress_with_lz4(tables: dict[str, Table]) -> None:
 def assign_ids(objects: Sequence[Any]) -> None:
     """Give new objects of one model, not yet written, their ids from the table's sequence,
     in one query, on PostgreSQL (see above); elsewhere, or for one object, the flush does."""
-    if len(objects) < 2 or db.session.get_bind().dialect.name != "postgresql":
+    if len(objects) < 2:
         return
     with db.session.no_autoflush:
-        sequence = func.pg_get_serial_sequence(objects[0].__tablename__, "id")
-        numbers = func.generate_series(1, len(objects))
-        ids = db.session.scalars(select(func.nextval(sequence)).select_from(numbers)).all()
-    for obj, new_id in zip(objects, sorted(ids), strict=True):
-        obj.id = new_id
+        ids = sequence_ids(objects[0].__tablename__, len(objects))
+    if ids is not None:
+        for obj, new_id in zip(objects, ids, strict=True):
+            obj.id = new_id
+
+
+def sequence_ids(table: str, count: int) -> list[int] | None:
+    """`count` new ids of `table`, in increasing order, taken from its sequence in one query
+    on PostgreSQL; None elsewhere (SQLite), where the insert picks them."""
+    if db.session.get_bind().dialect.name != "postgresql":
+        return None
+    sequence = func.pg_get_serial_sequence(table, "id")
+    numbers = func.generate_series(1, count)
+    return sorted(db.session.scalars(select(func.nextval(sequence)).select_from(numbers)))
