@@ -55,13 +55,28 @@ CRAFTED = {
     "body that is not base64": _multipart(
         TEXT, _attachment("odd.pdf", BODY[:6000] + b"not base64!\n" + BODY[6000:])
     ),
+    "no padding needed": _multipart(_attachment("a.pdf", base64.encodebytes(b"y" * 30_000))),
+    "two padded bodies run together": _multipart(
+        _attachment("a.pdf", BODY + base64.encodebytes(b"tail" * 2_000 + b"!"))
+    ),
+    "padding missing": _multipart(_attachment("a.pdf", BODY.rstrip(b"=\n") + b"\n")),
+    "too much padding": _multipart(_attachment("a.pdf", BODY.rstrip(b"\n") + b"==\n")),
+    "a character short": _multipart(_attachment("a.pdf", BODY[:-3] + b"\n")),
+    "encoding in capitals": _multipart(
+        _attachment("a.pdf").replace(b"Encoding: base64", b"Encoding: BASE64")
+    ),
+    "encoding with a trailing space": _multipart(
+        _attachment("a.pdf").replace(b"Encoding: base64", b"Encoding: base64 ")
+    ),
 }
 
 
 def _parsed(raw: bytes, *, shortcut: bool, monkeypatch: pytest.MonkeyPatch) -> object:
     with monkeypatch.context() as patched:
         if not shortcut:
-            patched.setattr(parse, "_parse_tree", parse._bytes_parser.parsebytes)
+            patched.setattr(
+                parse, "_parse_tree", lambda raw, *_: parse._bytes_parser.parsebytes(raw)
+            )
         try:
             return parse.parse_message(raw)
         except parse.MessageStructureError as exc:
@@ -85,6 +100,22 @@ def test_large_attachments_are_set_aside_and_come_back_whole():
     assert len(bodies) == 2 and len(skeleton) < len(raw) // 10
     message = parse.parse_message(raw)
     assert [a.content for a in message.attachments] == [base64.decodebytes(BODY)] * 2
+
+
+@pytest.mark.parametrize("name", ["two attachments", "bare LF", "no padding needed"])
+def test_well_formed_set_aside_bodies_are_decoded_from_their_bytes(name, monkeypatch):
+    decoded: list[bytes] = []
+    keep = parse._decode_set_aside
+
+    def spy(part):
+        result = keep(part)
+        if result is not None:
+            decoded.append(result)
+        return result
+
+    monkeypatch.setattr(parse, "_decode_set_aside", spy)
+    message = parse.parse_message(CRAFTED[name])
+    assert decoded and decoded == [a.content for a in message.attachments]
 
 
 def test_a_typed_placeholder_makes_the_parser_read_the_bytes_as_they_are():
