@@ -26,7 +26,7 @@ from dataclasses import dataclass, field
 from datetime import timedelta
 from typing import Any, cast
 
-from sqlalchemy import Connection, CursorResult, event, func, insert, select, update
+from sqlalchemy import Connection, CursorResult, Table, event, func, insert, select, update
 from sqlalchemy.exc import DBAPIError, OperationalError
 from sqlalchemy.orm import SessionTransaction, joinedload
 from sqlalchemy.orm.exc import StaleDataError
@@ -701,8 +701,8 @@ def _ingest_together(batch: Batch, ids: list[int], tally: Tally) -> int | None:
         db.session.flush()
         for model in (CaseEvent, CaseAttachment):
             rows = [{**values, "case_id": case.id} for m, case, values in batch.rows if m is model]
-            if rows:
-                db.session.execute(insert(model), rows)
+            if rows:  # to the table: the ORM's bulk insert adds nothing these rows need
+                db.session.execute(insert(cast(Table, model.__table__)), rows)
         db.session.flush()
     except OperationalError:
         raise
