@@ -15,7 +15,10 @@ what a second worker can speed up; beside it, with more than one worker, the raw
 split over as many processes at once against one process: what this machine gives for this
 work with more processes. Prints messages per second, the raw limit and the ratio, per
 run and as the median of the runs, with the CPU time per message of the raw fetch + parse, of
-the poll and of the workers (Linux /proc), which moves much less with the machine's load.
+the poll and of the workers (Linux /proc), which moves much less with the machine's load,
+and how many of the machine's cores were busy while the workers ingested alone (every process,
+PostgreSQL's included): a second worker can gain at most what the cores left idle by the first
+allow, which the medians print beside its gain.
 The workers are started, registered and warmed up before any clock: each ingests a batch of
 20 messages of the same kinds, which are then deleted with their cases.
 PostgreSQL (BENCH_POSTGRES_URL or TEST_POSTGRES_URL) is used in a schema of its own, dropped
@@ -86,6 +89,7 @@ class Figures:
     raw_gain: float  # the fetch + parse's speed in `workers` processes at once against in one
     poll_cpu: float  # CPU seconds per message of the poll (this process)
     ingest_cpu: float  # CPU seconds per message of the workers, ingest alone
+    busy: float  # cores of the machine busy while the workers ingest alone (all processes)
     load: float  # the machine's load average (1 minute) at the end of the run
     statuses: dict[str, int]
 
@@ -300,6 +304,12 @@ def cpu_seconds(workers: list[subprocess.Popen[bytes]]) -> float:
     return total
 
 
+def machine_ticks() -> tuple[int, int]:
+    """(all, idle) CPU time of the whole machine so far, in ticks (Linux /proc/stat)."""
+    fields = [int(n) for n in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
+    return sum(fields), fields[3] + fields[4]  # idle, iowait
+
+
 def stop_workers(workers: list[subprocess.Popen[bytes]]) -> None:
     for worker in workers:
         if worker.poll() is None:
@@ -398,9 +408,10 @@ def end_to_end(
 
 def ingest_alone(
     server: DovecotServer, user: str, url: str, workers: int, redis_url: str, count: int
-) -> tuple[float, float]:
-    """(messages/s, the workers' CPU seconds per message) of the workers ingesting messages
-    the poll stored before the clock started."""
+) -> tuple[float, float, float]:
+    """(messages/s, the workers' CPU seconds per message, cores busy) of the workers ingesting
+    messages the poll stored before the clock started. Cores busy counts every process of the
+    machine (the workers, PostgreSQL, this one's waiting), from the CPU time it did not idle."""
     app = app_for(url, redis_url)
     redis = Redis.from_url(redis_url)
     redis.flushdb()
@@ -414,14 +425,16 @@ def ingest_alone(
     pool = start_workers(workers, redis, app, listener_id)
     try:
         with app.app_context():
-            started, cpu = time.perf_counter(), cpu_seconds(pool)
+            started, cpu, ticks = time.perf_counter(), cpu_seconds(pool), machine_ticks()
             enqueue_ingest(stored)
             wait_until_ingested(started)
             elapsed, cpu = time.perf_counter() - started, cpu_seconds(pool) - cpu
+            (total, idle), (total_before, idle_before) = machine_ticks(), ticks
     finally:
         stop_workers(pool)
         redis.flushdb()
-    return count / elapsed, cpu / count
+    busy = 1 - (idle - idle_before) / max(total - total_before, 1)
+    return count / elapsed, cpu / count, busy * (os.cpu_count() or 1)
 
 
 def run(
@@ -445,7 +458,7 @@ def run(
         )
     after, _ = raw_limit(server, users[0], len(messages))
     with fresh_database(kind, folder) as url:
-        ingest_rate, ingest_cpu = ingest_alone(
+        ingest_rate, ingest_cpu, busy = ingest_alone(
             server, users[1], url, workers, redis_url, len(messages)
         )
     raw_gain = 1.0
@@ -462,6 +475,7 @@ def run(
         raw_gain=raw_gain,
         poll_cpu=poll_cpu,
         ingest_cpu=ingest_cpu,
+        busy=busy,
         load=os.getloadavg()[0],
         statuses=statuses,
     )
@@ -516,15 +530,18 @@ def main() -> None:
                         f"process(es) x{got.raw_gain:.2f} of one; "
                         f"raw limit {got.limit:6.1f} msg/s; ratio {got.rate / got.limit:.2f}; "
                         f"CPU ms/msg: raw {got.raw_cpu * 1e3:.2f}, poll {got.poll_cpu * 1e3:.2f}, "
-                        f"ingest {got.ingest_cpu * 1e3:.2f}; load {got.load:.1f}; {got.statuses}",
+                        f"ingest {got.ingest_cpu * 1e3:.2f}; cores busy ingesting alone "
+                        f"{got.busy:.2f}; load {got.load:.1f}; {got.statuses}",
                         flush=True,
                     )
     finally:
         server.stop()
         shutil.rmtree(folder, ignore_errors=True)
     print("medians:")
+    cpus = os.cpu_count() or 1
     for kind in kinds:
         first = statistics.median(f.ingest_rate for f in results[(kind, counts[0])])
+        first_busy = statistics.median(f.busy for f in results[(kind, counts[0])])
         for count in counts:
             runs = results[(kind, count)]
             ratios = [f.rate / f.limit for f in runs]
@@ -532,6 +549,10 @@ def main() -> None:
             raw_cpu = statistics.median(f.raw_cpu for f in runs)
             ingest_cpu = statistics.median(f.ingest_cpu for f in runs)
             raw_gain = statistics.median(f.raw_gain for f in runs)
+            busy = statistics.median(f.busy for f in runs)
+            # With `count` times the first count's workers, the machine gives at most as much
+            # more as its idle cores allow: all its cores over those the first count kept busy.
+            bound = min(count / counts[0], cpus / max(first_busy, 0.01))
             print(
                 f"  {LABELS[kind]:10} {count} worker(s): "
                 f"{statistics.median(f.rate for f in runs):6.1f} msg/s end to end, "
@@ -539,7 +560,9 @@ def main() -> None:
                 f"ratio {statistics.median(ratios):.2f} ({min(ratios):.2f}-{max(ratios):.2f}); "
                 f"ingest alone {ingest:6.1f} msg/s, x{ingest / first:.2f} of the first "
                 f"(raw fetch + parse in {count} process(es): x{raw_gain:.2f} of one); "
-                f"CPU per message: raw {raw_cpu * 1e3:.2f} ms, ingest {ingest_cpu * 1e3:.2f} ms"
+                f"CPU per message: raw {raw_cpu * 1e3:.2f} ms, ingest {ingest_cpu * 1e3:.2f} ms; "
+                f"cores busy ingesting alone {busy:.2f} of {cpus}"
+                + (f" (at most x{bound:.2f} of the first on them)" if count != counts[0] else "")
             )
 
 
