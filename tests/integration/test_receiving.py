@@ -86,6 +86,48 @@ def test_imap_stores_each_message_once_then_marks_it_read(
 
 
 @both_databases
+def test_a_polled_message_is_stored_as_the_mail_intake_stores_it(
+    app, dovecot, mailbox_user, mailbox_account, make_listener
+):
+    """The poll writes its batch as plain rows: every column, defaults included, is what the
+    intake of a mail server's pipe (`flask mail ingest`) stores for the same message."""
+    from webapp.services.intake import store_for_listener
+
+    raw = make_raw("Invoice 7")
+    dovecot.deliver(mailbox_user.login, raw)
+    listener_id = make_listener(mailbox_account())
+    assert run(app, listener_id).stored == 1
+    with app.app_context():
+        listener = db.session.get(EmailListener, listener_id)
+        piped = store_for_listener(raw, "mta", listener).id
+        db.session.commit()
+    polled, intake = stored(app)
+    assert intake.id == piped and polled.raw == intake.raw == raw
+    same = [
+        "message_id",
+        "subject",
+        "from_address",
+        "sha256",
+        "size",
+        "status",
+        "status_reason",
+        "listener_id",
+        "account_id",
+        "case_id",
+        "correlation",
+        "decisions",
+        "attempts",
+        "processed_at",
+    ]
+    assert {c: getattr(polled, c) for c in same} == {c: getattr(intake, c) for c in same}
+    assert polled.subject == "Invoice 7" and polled.from_address == "customer@customer.example"
+    assert polled.status == "received" and polled.attempts == 0 and polled.decisions == []
+    assert polled.received_at.tzinfo is not None
+    assert abs((intake.received_at - polled.received_at).total_seconds()) < 60
+    assert (polled.source, polled.folder, polled.uid) == ("imap", "INBOX", 1)
+
+
+@both_databases
 def test_headers_with_raw_8bit_bytes_or_an_encoded_nul_are_stored_and_ingested(
     app, dovecot, mailbox_user, mailbox_account, make_listener, make_case_type
 ):
