@@ -62,6 +62,16 @@ CRAFTED = {
     "padding missing": _multipart(_attachment("a.pdf", BODY.rstrip(b"=\n") + b"\n")),
     "too much padding": _multipart(_attachment("a.pdf", BODY.rstrip(b"\n") + b"==\n")),
     "a character short": _multipart(_attachment("a.pdf", BODY[:-3] + b"\n")),
+    "padding after whole groups": _multipart(
+        _attachment("a.pdf", base64.encodebytes(b"y" * 30_000).rstrip(b"\n") + b"=\n")
+    ),
+    "two padding characters where one is due": _multipart(
+        _attachment("a.pdf", BODY.rstrip(b"\n") + b"=\n")
+    ),
+    "a long placeholder typed in the text": _multipart(
+        _attachment("a.pdf"),
+        b"Content-Type: text/plain\r\n\r\nCasemailBase64Body" + b"7" * 5_000 + b"Z\r\n",
+    ),
     "encoding in capitals": _multipart(
         _attachment("a.pdf").replace(b"Encoding: base64", b"Encoding: BASE64")
     ),
@@ -116,6 +126,19 @@ def test_well_formed_set_aside_bodies_are_decoded_from_their_bytes(name, monkeyp
     monkeypatch.setattr(parse, "_decode_set_aside", spy)
     message = parse.parse_message(CRAFTED[name])
     assert decoded and decoded == [a.content for a in message.attachments]
+
+
+def test_boundary_text_inside_a_base64_body_does_not_count_as_parts():
+    """Only headers declare boundaries: base64 text spelling "boundary=" over and over is an
+    attachment's content, and is not taken for more MIME parts than the limit."""
+    body = b"boundary" * 4 + b"\n"
+    raw = _multipart(TEXT, _attachment("odd.pdf", body * 200))
+    assert raw.count(b"oundary=") < parse.DEFAULT_MAX_PARTS  # as the body spells it: no "="
+    raw = raw.replace(b"boundary" * 4, b"boundary=" * 4)
+    assert raw.count(b"oundary=") > parse.DEFAULT_MAX_PARTS
+    message = parse.parse_message(raw)
+    assert [a.filename for a in message.attachments] == ["odd.pdf"]
+    assert message.text.strip() == "See the files."
 
 
 def test_a_typed_placeholder_makes_the_parser_read_the_bytes_as_they_are():

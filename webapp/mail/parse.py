@@ -122,7 +122,8 @@ _JAPANESE_FALLBACKS = ("iso2022_jp_2", "iso2022_jp_ext", "iso2022_jp")
 _BASE64_BODY_MIN = 4096
 _BASE64_AND_BREAKS = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/=\r\n"
 _PLACEHOLDER = "CasemailBase64Body{}Z"
-_PLACEHOLDER_RE = re.compile(r"CasemailBase64Body(\d+)Z")
+# At most nine digits: a sender may write the text too, with any number of digits.
+_PLACEHOLDER_RE = re.compile(r"CasemailBase64Body(\d{1,9})Z")
 _BLANK_LINE_RE = re.compile(rb"\n\r?\n")
 _BODY_END_RE = re.compile(rb"\n(?:\r?\n|--)")  # an empty line, or one that may be a boundary
 
@@ -862,10 +863,10 @@ def _decode_set_aside(part: Message) -> bytes | None:
     digits = body.rstrip(b"=")
     if len(body) - len(digits) > 2 or b"=" in digits:
         return None
+    if (len(body) - body.count(b"\n") - body.count(b"\r")) % 4:
+        return None  # padding missing or in excess, which pybase64 does not always refuse
     try:
-        # Line breaks are skipped, as outside the alphabet; a length that is not whole groups
-        # of four raises.
-        return pybase64.b64decode(body)
+        return pybase64.b64decode(body)  # line breaks skipped, as outside the alphabet
     except binascii.Error:
         return None
 
