@@ -96,6 +96,21 @@ def test_size_limit_quarantines_without_parsing():
     )
 
 
+def test_a_message_that_fails_to_parse_unforeseen_is_quarantined_not_raised(monkeypatch):
+    import webapp.mail.filters as filters
+
+    def unforeseen(raw, **limits):
+        raise ValueError("a case no rule foresaw")
+
+    monkeypatch.setattr(filters, "parse_message", unforeseen)
+    screened = screen(_raw("Hello"))
+    assert screened.message is None
+    assert screened.outcome == FilterOutcome(
+        "quarantine",
+        (("structure", "The message could not be read (ValueError); it is kept whole."),),
+    )
+
+
 def test_structure_limits_quarantine_with_the_reason(golden):
     screened = screen(golden("inbound/broken/absurd_nesting.eml"))
     assert screened.message is None

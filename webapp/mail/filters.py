@@ -7,12 +7,15 @@ is therefore the priority: limits (quarantine) before bounces before automatic r
 
 from __future__ import annotations
 
+import logging
 import re
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Literal
 
 from webapp.mail.parse import MessageStructureError, ParsedMessage, parse_message
+
+log = logging.getLogger(__name__)
 
 Action = Literal["accept", "ignore_automatic", "bounce", "quarantine"]
 
@@ -154,9 +157,15 @@ def screen(raw: bytes, limits: Limits | None = None) -> Screened:
         return Screened(None, FilterOutcome("quarantine", (("structure", reason),)))
     try:
         message = parse_message(raw, max_parts=limits.max_parts, max_depth=limits.max_depth)
+        return Screened(message, run_filters(message, limits))
     except MessageStructureError as error:
         return Screened(None, FilterOutcome("quarantine", (("structure", str(error)),)))
-    return Screened(message, run_filters(message, limits))
+    except Exception as error:
+        # A message no rule foresaw must not fail its batch: it waits in quarantine, kept
+        # whole, for an admin (and the log has the trace for a fix).
+        log.exception("a message could not be screened")
+        reason = f"The message could not be read ({type(error).__name__}); it is kept whole."
+        return Screened(None, FilterOutcome("quarantine", (("structure", reason),)))
 
 
 def loop_breaker(
