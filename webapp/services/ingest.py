@@ -699,10 +699,7 @@ def _ingest_together(batch: Batch, ids: list[int], tally: Tally) -> int | None:
         # The new cases take their ids in one query (PostgreSQL): see models.storage.
         assign_ids([obj for obj in db.session.new if isinstance(obj, Case) and obj.id is None])
         db.session.flush()
-        for model in (CaseEvent, CaseAttachment):
-            rows = [{**values, "case_id": case.id} for m, case, values in batch.rows if m is model]
-            if rows:  # to the table: the ORM's bulk insert adds nothing these rows need
-                db.session.execute(insert(cast(Table, model.__table__)), rows)
+        _insert_rows(batch.rows)
         db.session.flush()
     except OperationalError:
         raise
@@ -721,6 +718,17 @@ def _ingest_together(batch: Batch, ids: list[int], tally: Tally) -> int | None:
     savepoint.commit()
     tally.update(together)
     return None
+
+
+def _insert_rows(rows: list[tuple[type[Any], Case, dict[str, Any]]]) -> None:
+    """Insert a batch's timeline entries and attachments, each row with its case's id, in one
+    multi-row statement per table and set of columns. To the table: the ORM's bulk insert
+    would process each row again for nothing these rows need."""
+    groups: dict[tuple[Any, frozenset[str]], list[dict[str, Any]]] = {}
+    for model, case, values in rows:
+        groups.setdefault((model, frozenset(values)), []).append({**values, "case_id": case.id})
+    for (model, _), group in groups.items():
+        db.session.execute(insert(cast(Table, model.__table__)), group)
 
 
 def _ingest_one_by_one(batch: Batch, ids: list[int], tally: Tally) -> list[int]:
