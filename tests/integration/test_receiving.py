@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import fcntl
 import poplib
+import sqlite3
 import threading
 import time
 from collections.abc import Callable
@@ -193,6 +194,14 @@ def test_a_poll_on_sqlite_writes_in_its_turn_among_the_ingest_workers(
         assert polling.is_alive()
         assert stored(app) == []
         assert flags_by_subject(imap) == {"Order 1": ()}
+        # Nothing written before the turn either: SQLite's write lock is free for the worker.
+        path = app.config["SQLALCHEMY_DATABASE_URI"].removeprefix("sqlite:///")
+        other = sqlite3.connect(path, timeout=0.2, isolation_level=None)
+        try:
+            other.execute("BEGIN IMMEDIATE")
+            other.execute("ROLLBACK")
+        finally:
+            other.close()
     finally:
         started = time.monotonic()
         worker.close()  # the worker's turn ends
@@ -299,8 +308,11 @@ def test_oversize_message_is_kept_whole_in_quarantine(
     assert row.status == "quarantined"
     assert "more than the listener's limit of 2,048" in row.status_reason
     assert row.raw == big
-    # Nothing to ingest: the quarantined message waits for an admin.
+    # Nothing to ingest: the quarantined message waits for an admin, counted on the listener.
     assert batches.calls == []
+    with app.app_context():
+        listener = db.session.get(EmailListener, row.listener_id)
+        assert (listener.quarantined_count, listener.processed_count) == (1, 0)
 
 
 class Crash(BaseException):

@@ -283,7 +283,9 @@ def _commit_batch(listener: EmailListener, new: _NewMessages, committed: Committ
 
 
 def _insert_messages(new: _NewMessages) -> list[int]:
-    """Write the messages and their raw bytes in two multi-row statements; their ids, in order.
+    """Write the messages and their raw bytes; their ids, in order. On PostgreSQL that is one
+    multi-row statement for each table, after one query for the ids; SQLite writes the messages
+    one INSERT … RETURNING each, as the unit of work did, and the bytes in one statement.
 
     A batch is a hundred rows of some twenty columns each: through the ORM's unit of work,
     building, tracking and flushing them took about a third of a poll's time. The columns'
