@@ -305,9 +305,11 @@ def cpu_seconds(workers: list[subprocess.Popen[bytes]]) -> float:
 
 
 def machine_ticks() -> tuple[int, int]:
-    """(all, idle) CPU time of the whole machine so far, in ticks (Linux /proc/stat)."""
-    fields = [int(n) for n in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
-    return sum(fields), fields[3] + fields[4]  # idle, iowait
+    """(all, idle) CPU time of the whole machine so far, in ticks (Linux /proc/stat): user,
+    nice, system, idle, iowait, irq, softirq and steal (guest time is in user already);
+    idle counts iowait, and steal (time the host gave to others) too."""
+    fields = [int(n) for n in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:9]]
+    return sum(fields), fields[3] + fields[4] + fields[7]
 
 
 def stop_workers(workers: list[subprocess.Popen[bytes]]) -> None:
