@@ -70,8 +70,9 @@ def listener_lock(listener_id: int) -> Iterator[None]:
             log.warning("poll of listener %s held its lock past %s s", listener_id, LOCK_SECONDS)
 
 
-def run_poll(listener_id: int) -> PollResult:
-    """Poll one listener now, under its lock; returns its PollResult.
+def run_poll(listener_id: int, until: float | None = None) -> PollResult:
+    """Poll one listener now, under its lock; returns its PollResult. With `until` (a
+    `time.monotonic()` value) no batch is started after it but the first (`poll`).
 
     Raises PollBusy when another poll runs, UnknownListener for an unknown listener, and
     ReceivingError when the listener's account cannot be polled.
@@ -84,7 +85,7 @@ def run_poll(listener_id: int) -> PollResult:
         listener = db.session.get(EmailListener, listener_id)
         if listener is None:
             raise UnknownListener(f"There is no listener with the ID {listener_id}.")
-        return poll(listener)
+        return poll(listener, until=until)
 
 
 @job

@@ -3,6 +3,8 @@ immutable ids, and after-processing seen on the server."""
 
 from __future__ import annotations
 
+import time
+
 from sqlalchemy import select
 
 from tests.fixtures.app import both_databases
@@ -55,6 +57,24 @@ def test_each_message_is_stored_once_under_its_immutable_id(
     assert run(app, listener_id).summary() == "fetched 1, stored 1, duplicates 0"
     assert [r.graph_id for r in stored(app)][-1] == new_id
     assert len(stored(app)) == 6
+
+
+def test_a_poll_with_a_time_limit_stops_after_a_page_and_keeps_the_old_delta_link(
+    app, graph_server, graph_account, make_listener
+):
+    ids = [graph_server.deliver(UPN, make_raw(f"Order {n}")) for n in range(5)]
+    listener_id = make_listener(graph_account, max_batch=2)
+
+    first = run(app, listener_id, until=time.monotonic())
+    assert (first.summary(), first.more) == ("fetched 2, stored 2, duplicates 0", True)
+    with app.app_context():
+        assert db.session.get(EmailListener, listener_id).graph_delta_link is None
+    # The next poll reads the first page again, finds it stored, and goes on to the end.
+    rest = run(app, listener_id)
+    assert (rest.summary(), rest.more) == ("fetched 5, stored 3, duplicates 2", False)
+    assert sorted(r.graph_id for r in stored(app)) == sorted(ids)
+    with app.app_context():
+        assert "$deltatoken=" in db.session.get(EmailListener, listener_id).graph_delta_link
 
 
 def test_delete_and_move_are_done_on_the_server(app, graph_server, graph_account, make_listener):

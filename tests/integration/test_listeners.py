@@ -170,14 +170,83 @@ def test_poll_now_stores_the_mail_and_says_what_it_did(
         dovecot.deliver(mailbox_user.login, make_raw(f"Order {n}"))
     listener_id = make_listener(mailbox_account(), name="Orders")
     login_as("admin")
-    path = f"/admin/listeners/{listener_id}/poll"
-    response = client.post(
-        path, data={"csrf_token": csrf_token(client, "/admin/listeners")}, follow_redirects=True
-    )
-    page = response.get_data(as_text=True)
+    page = _poll_now(client, listener_id)
     assert "Polled Orders: fetched 2, stored 2, duplicates 0." in page
     assert "Healthy" in page
     assert "2 waiting, oldest" in page
+
+
+def test_poll_now_stops_at_its_time_limit_and_a_worker_fetches_the_rest(
+    app,
+    client,
+    login_as,
+    dovecot,
+    mailbox_user,
+    mailbox_account,
+    make_listener,
+    redis_client,
+    monkeypatch,
+):
+    from webapp.listeners import views
+
+    for n in range(5):
+        dovecot.deliver(mailbox_user.login, make_raw(f"Order {n}"))
+    listener_id = make_listener(mailbox_account(), name="Orders", max_batch=2)
+    # A limit already reached when the first batch is stored: no second batch is started.
+    monkeypatch.setattr(views, "POLL_NOW_SECONDS", 0.0)
+    login_as("admin")
+    page = _poll_now(client, listener_id)
+    assert (
+        "Polled Orders: fetched 2, stored 2, duplicates 0. More mail waits on the server; "
+        "a worker is fetching the rest."
+    ) in page
+    first = _subjects(app)  # mail delivered within a second has no order on the server
+    assert len(first) == 2 and set(first) < {f"Order {n}" for n in range(5)}
+    # The stored batch's ingest job, then the poll of the rest.
+    assert Queue(INBOUND, connection=redis_client).job_ids[1:] == [poll_job_id(listener_id)]
+
+    # The worker's poll fetches the other three, each once.
+    assert run_worker(app, [INBOUND], burst=True) is True
+    assert sorted(_subjects(app)) == [f"Order {n}" for n in range(5)]
+
+
+def test_poll_now_says_when_the_rest_waits_for_the_scheduled_poll(
+    app, client, login_as, dovecot, mailbox_user, mailbox_account, make_listener, monkeypatch
+):
+    from redis.exceptions import ConnectionError as RedisConnectionError
+
+    from webapp.listeners import views
+    from workers import listeners
+
+    def queue_gone(listener_id: int) -> None:
+        raise RedisConnectionError("the job queue went away after the poll")
+
+    for n in range(3):
+        dovecot.deliver(mailbox_user.login, make_raw(f"Order {n}"))
+    listener_id = make_listener(mailbox_account(), name="Orders", max_batch=2)
+    monkeypatch.setattr(views, "POLL_NOW_SECONDS", 0.0)
+    monkeypatch.setattr(listeners, "enqueue_poll", queue_gone)
+    login_as("admin")
+    page = _poll_now(client, listener_id)
+    assert (
+        "Polled Orders: fetched 2, stored 2, duplicates 0. More mail waits on the server; "
+        "the next scheduled poll fetches it."
+    ) in page
+
+
+def _poll_now(client, listener_id: int) -> str:
+    """Press "Poll now" on the listeners page; the page it leads back to."""
+    response = client.post(
+        f"/admin/listeners/{listener_id}/poll",
+        data={"csrf_token": csrf_token(client, "/admin/listeners")},
+        follow_redirects=True,
+    )
+    return response.get_data(as_text=True)
+
+
+def _subjects(app) -> list[str]:
+    with app.app_context():
+        return list(db.session.scalars(select(InboundMessage.subject)))
 
 
 def test_a_failing_poll_shows_its_error(
@@ -188,12 +257,7 @@ def test_a_failing_poll_shows_its_error(
     )
     listener_id = make_listener(account, name="Broken")
     login_as("admin")
-    response = client.post(
-        f"/admin/listeners/{listener_id}/poll",
-        data={"csrf_token": csrf_token(client, "/admin/listeners")},
-        follow_redirects=True,
-    )
-    page = response.get_data(as_text=True)
+    page = _poll_now(client, listener_id)
     assert "Polled Broken: fetched 0, stored 0, duplicates 0. Authentication failed" in page
     assert "Last poll failed" in page
 

@@ -32,10 +32,15 @@ class Batches:
         self.calls.append(ids)
 
 
-def run(app, listener_id: int, committed: Callable[[list[int]], None] | None = None) -> PollResult:
+def run(
+    app,
+    listener_id: int,
+    committed: Callable[[list[int]], None] | None = None,
+    until: float | None = None,
+) -> PollResult:
     with app.app_context():
         listener = db.session.get(EmailListener, listener_id)
-        return poll(listener, committed or Batches())
+        return poll(listener, committed or Batches(), until=until)
 
 
 def stored(app) -> list[InboundMessage]:
@@ -246,6 +251,26 @@ def test_a_backlog_is_handed_on_in_growing_batches_so_ingest_starts_early(
     assert result.stored == 45 and len({i for ids in batches.calls for i in ids}) == 45
 
 
+@both_databases
+def test_a_poll_with_a_time_limit_leaves_the_rest_for_the_next(
+    app, dovecot, mailbox_user, mailbox_account, make_listener, imap
+):
+    raws = [make_raw(f"Order {n}") for n in range(5)]
+    for raw in raws:
+        dovecot.deliver(mailbox_user.login, raw)
+    listener_id = make_listener(mailbox_account(), max_batch=2)
+
+    # A limit passed already: the first batch, and no other.
+    first = run(app, listener_id, until=time.monotonic())
+    assert (first.summary(), first.more) == ("fetched 2, stored 2, duplicates 0", True)
+    assert sorted(b"\\Seen" in f for f in flags_by_subject(imap).values()) == [0, 0, 0, 1, 1]
+
+    rest = run(app, listener_id)
+    assert (rest.summary(), rest.more) == ("fetched 3, stored 3, duplicates 0", False)
+    assert sorted(r.raw for r in stored(app)) == sorted(raws)
+    assert all(b"\\Seen" in f for f in flags_by_subject(imap).values())
+
+
 def test_delete_removes_stored_messages_from_the_server(
     app, dovecot, mailbox_user, mailbox_account, make_listener, imap
 ):
@@ -390,6 +415,21 @@ def test_pop3_delete_after_storing(app, dovecot, mailbox_user, mailbox_account, 
     listener_id = make_listener(mailbox_account("pop3"), after_processing="delete", max_batch=2)
     assert run(app, listener_id).stored == 3
     assert pop3_count(dovecot, mailbox_user) == 0
+
+
+def test_pop3_with_a_time_limit_deletes_what_it_stored_and_leaves_the_rest(
+    app, dovecot, mailbox_user, mailbox_account, make_listener
+):
+    for n in range(5):
+        dovecot.deliver(mailbox_user.login, make_raw(f"Order {n}"))
+    listener_id = make_listener(mailbox_account("pop3"), after_processing="delete", max_batch=2)
+    first = run(app, listener_id, until=time.monotonic())
+    assert (first.summary(), first.more) == ("fetched 2, stored 2, duplicates 0", True)
+    assert pop3_count(dovecot, mailbox_user) == 3
+    rest = run(app, listener_id)
+    assert (rest.summary(), rest.more) == ("fetched 3, stored 3, duplicates 0", False)
+    assert pop3_count(dovecot, mailbox_user) == 0
+    assert len({r.raw for r in stored(app)}) == 5
 
 
 def test_pop3_crash_after_commit_deletes_on_the_next_poll(

@@ -1,5 +1,7 @@
 from __future__ import annotations
 
+import time
+
 from flask import abort, flash, redirect, render_template, request, url_for
 from redis.exceptions import RedisError
 from sqlalchemy import select
@@ -16,6 +18,10 @@ from webapp.security import admin_required
 from webapp.services import listeners as service
 from webapp.services.receiving import ReceivingError, server_folders
 from webapp.views import delete_and_redirect
+
+# "Poll now" starts no batch after this many seconds (a request must not outlast the web
+# server's timeout); a worker's poll fetches what is left.
+POLL_NOW_SECONDS = 10.0
 
 
 def _listener_or_404(listener_pk: int) -> EmailListener:
@@ -136,7 +142,7 @@ def poll_now(listener_pk: int):
         abort(400)
     name = listener.name
     try:
-        result = run_poll(listener.id)
+        result = run_poll(listener.id, until=time.monotonic() + POLL_NOW_SECONDS)
     except PollBusy:
         flash(f"{name} is being polled by a worker right now; look again in a moment.", "info")
     except ReceivingError as exc:
@@ -147,11 +153,25 @@ def poll_now(listener_pk: int):
         db.session.rollback()
         flash(f"The job queue (Redis) is unavailable, so {name} cannot be polled now.", "danger")
     else:
+        said = f"Polled {name}: {result.summary()}."
+        if result.more:
+            said += " " + _rest_of_the_mail(listener.id)
         if result.ok:
-            flash(f"Polled {name}: {result.summary()}.", "success")
+            flash(said, "success")
         else:
-            flash(f"Polled {name}: {result.summary()}. {' '.join(result.errors)}", "danger")
+            flash(f"{said} {' '.join(result.errors)}", "danger")
     return redirect(url_for("listeners.listeners"))
+
+
+def _rest_of_the_mail(listener_id: int) -> str:
+    """Hand the mail a poll left on the server (it ran out of its time) to a worker's poll."""
+    from workers.listeners import enqueue_poll
+
+    try:
+        enqueue_poll(listener_id)
+    except RedisError:
+        return "More mail waits on the server; the next scheduled poll fetches it."
+    return "More mail waits on the server; a worker is fetching the rest."
 
 
 @bp.route("/admin/listeners/<int:listener_pk>/delete", methods=["POST"])

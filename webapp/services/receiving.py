@@ -13,6 +13,7 @@ import imaplib
 import logging
 import poplib
 import re
+import time
 from collections import Counter
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
@@ -72,6 +73,8 @@ class PollResult:
     duplicates: int = 0
     quarantined: int = 0
     errors: list[str] = field(default_factory=list)
+    # The poll reached its time limit with mail left on the server for the next poll.
+    more: bool = False
 
     @property
     def ok(self) -> bool:
@@ -138,11 +141,18 @@ def _imap_session(endpoint: Endpoint, login: MailboxLogin, policy: HostPolicy) -
 FIRST_BATCH = 10
 
 
-def _batches(items: Sequence[Any], size: int) -> Iterator[Sequence[Any]]:
+def _batches(
+    items: Sequence[Any], size: int, result: PollResult, until: float | None
+) -> Iterator[Sequence[Any]]:
+    """The poll's batches of `items`; after the first, none is started once the monotonic
+    clock has passed `until`: the rest is left on the server and `result.more` says so."""
     size = max(size, 1)
     step = min(FIRST_BATCH, size)
     start = 0
     while start < len(items):
+        if start and _past(until):
+            result.more = True
+            return
         yield items[start : start + step]
         start += step
         step = min(step * 2, size)
@@ -402,7 +412,11 @@ def _highest_stored_uid(listener: EmailListener, uidvalidity: int) -> int:
 
 
 def _poll_imap(
-    listener: EmailListener, endpoint: Endpoint, login: MailboxLogin, committed: Committed
+    listener: EmailListener,
+    endpoint: Endpoint,
+    login: MailboxLogin,
+    committed: Committed,
+    until: float | None,
 ) -> PollResult:
     result = PollResult()
     with _imap_session(endpoint, login, host_policy()) as client:
@@ -456,7 +470,7 @@ def _poll_imap(
         # The lowest UID asked for and not given: last_uid stays below it, so that the next
         # poll asks for it again whatever its flags are by then.
         hole: int | None = None
-        for batch in _batches(sorted(new - done), listener.max_batch):
+        for batch in _batches(sorted(new - done), listener.max_batch, result, until):
             bodies = _fetch(client, batch, result)
             items = [
                 (_Identity(folder=listener.folder, uidvalidity=uidvalidity, uid=uid), raw)
@@ -473,6 +487,10 @@ def _poll_imap(
             # What was fetched is stored now, or was already (a duplicate).
             _imap_after(client, listener, sorted(bodies))
     return result
+
+
+def _past(until: float | None) -> bool:
+    return until is not None and time.monotonic() >= until
 
 
 # -- POP3 ---------------------------------------------------------------------------------------
@@ -533,7 +551,11 @@ def _stored_uidls(listener: EmailListener, uidls: list[str]) -> set[str]:
 
 
 def _poll_pop3(
-    listener: EmailListener, endpoint: Endpoint, login: MailboxLogin, committed: Committed
+    listener: EmailListener,
+    endpoint: Endpoint,
+    login: MailboxLogin,
+    committed: Committed,
+    until: float | None,
 ) -> PollResult:
     result = PollResult()
     client = _POP3(endpoint, host_policy(), max_line=listener.max_message_bytes)
@@ -555,7 +577,7 @@ def _poll_pop3(
                     client.dele(number)
         new = [(n, u) for n, u in listing if u not in stored_uidls]
         sizes = _pop3_sizes(client.list()[1]) if new else {}
-        for batch in _batches(new, listener.max_batch):
+        for batch in _batches(new, listener.max_batch, result, until):
             items = []
             for number, uidl in batch:
                 # A line may be as long as the message (mail without line breaks): one over
@@ -639,7 +661,7 @@ def _graph_after(
         )  # fmt: skip
 
 
-def _poll_graph(listener: EmailListener, committed: Committed) -> PollResult:
+def _poll_graph(listener: EmailListener, committed: Committed, until: float | None) -> PollResult:
     result = PollResult()
     m = _graph_mailbox(listener.account)
     wanted = [listener.folder, listener.move_to_folder]
@@ -705,6 +727,11 @@ def _poll_graph(listener: EmailListener, committed: Committed) -> PollResult:
             listener.graph_delta_link = page.delta_link
             db.session.commit()
             return result
+        if _past(until):
+            # The delta link is not reached: the next poll reads these pages again from the
+            # previous one and finds their messages stored.
+            result.more = True
+            return result
         link = page.next_link
         if link is None or link in followed:
             raise GraphError(
@@ -754,8 +781,13 @@ def enqueue_ingest(inbound_ids: list[int]) -> None:
         )
 
 
-def poll(listener: EmailListener, committed: Committed = enqueue_ingest) -> PollResult:
+def poll(
+    listener: EmailListener, committed: Committed = enqueue_ingest, until: float | None = None
+) -> PollResult:
     """Fetch new messages of `listener`, store and commit them, then apply after-processing.
+
+    With `until` (a `time.monotonic()` value), no batch (Graph: page) is started after it,
+    except the first: what is left waits on the server for the next poll (`result.more`).
 
     Connection and server failures do not raise: they end up in the result's errors and in the
     listener's health. Raises ReceivingError when the account's protocol cannot be polled.
@@ -768,11 +800,11 @@ def poll(listener: EmailListener, committed: Committed = enqueue_ingest) -> Poll
     result = PollResult()
     try:
         if protocol == "graph":
-            result = _poll_graph(listener, committed)
+            result = _poll_graph(listener, committed, until)
         else:
             login = _mailbox_login(account)
             run = _poll_imap if protocol == "imap" else _poll_pop3
-            result = run(listener, endpoint, login, committed)
+            result = run(listener, endpoint, login, committed, until)
     except GraphError as exc:
         db.session.rollback()
         result.errors.append(str(exc))
