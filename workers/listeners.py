@@ -50,6 +50,12 @@ def poll_job_id(listener_id: int) -> str:
     return f"poll-listener-{listener_id}"
 
 
+def rest_job_id(listener_id: int) -> str:
+    """The job that goes on with a poll that stopped at its time limit ("Poll now"): an id of
+    its own, since a scheduled poll that found the lock taken may still show as running."""
+    return f"poll-listener-{listener_id}-rest"
+
+
 @contextmanager
 def listener_lock(listener_id: int) -> Iterator[None]:
     """Hold the listener's poll lock (Redis SET NX PX with a token); raises PollBusy."""
@@ -144,11 +150,12 @@ IDLE_CHECK_SECONDS = 1.0
 IDLE_RETRY_SECONDS = 30.0
 
 
-def enqueue_poll(listener_id: int) -> None:
-    """Enqueue a poll of the listener now, unless one is already waiting or running."""
+def enqueue_poll(listener_id: int, job_id: str | None = None) -> None:
+    """Enqueue a poll of the listener now, unless one with the same job id (`poll_job_id` by
+    default) is already waiting or running."""
     from webapp.extensions import get_queue, get_redis
 
-    job_id = poll_job_id(listener_id)
+    job_id = job_id or poll_job_id(listener_id)
     if not _queued_or_running(get_redis(), job_id):
         get_queue(INBOUND).enqueue(
             poll_listener, listener_id, job_id=job_id, job_timeout=LOCK_SECONDS, result_ttl=60

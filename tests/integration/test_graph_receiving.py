@@ -59,22 +59,29 @@ def test_each_message_is_stored_once_under_its_immutable_id(
     assert len(stored(app)) == 6
 
 
-def test_a_poll_with_a_time_limit_stops_after_a_page_and_keeps_the_old_delta_link(
+def test_a_poll_with_a_time_limit_stops_between_messages_and_keeps_the_old_delta_link(
     app, graph_server, graph_account, make_listener
 ):
     ids = [graph_server.deliver(UPN, make_raw(f"Order {n}")) for n in range(5)]
     listener_id = make_listener(graph_account, max_batch=2)
 
+    # Each message is a request of its own: past the limit, one message and no more.
     first = run(app, listener_id, until=time.monotonic())
-    assert (first.summary(), first.more) == ("fetched 2, stored 2, duplicates 0", True)
+    assert (first.summary(), first.more) == ("fetched 1, stored 1, duplicates 0", True)
+    assert sum(m.is_read for m in graph_server.mailbox(UPN)) == 1
     with app.app_context():
         assert db.session.get(EmailListener, listener_id).graph_delta_link is None
-    # The next poll reads the first page again, finds it stored, and goes on to the end.
+    # The next poll reads the first page again, finds one stored, and goes on to the end.
     rest = run(app, listener_id)
-    assert (rest.summary(), rest.more) == ("fetched 5, stored 3, duplicates 2", False)
+    assert (rest.summary(), rest.more) == ("fetched 5, stored 4, duplicates 1", False)
     assert sorted(r.graph_id for r in stored(app)) == sorted(ids)
     with app.app_context():
         assert "$deltatoken=" in db.session.get(EmailListener, listener_id).graph_delta_link
+    # Past the limit with one page to read: the delta link is reached, nothing more waits.
+    run(app, listener_id)  # the messages marked read come back once, as changed
+    graph_server.deliver(UPN, make_raw("Order 6"))
+    last = run(app, listener_id, until=time.monotonic())
+    assert (last.summary(), last.more) == ("fetched 1, stored 1, duplicates 0", False)
 
 
 def test_delete_and_move_are_done_on_the_server(app, graph_server, graph_account, make_listener):

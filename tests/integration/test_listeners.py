@@ -16,7 +16,13 @@ from webapp import create_app
 from webapp.extensions import db, get_redis
 from webapp.models import EmailListener, InboundMessage
 from webapp.models.types import utcnow
-from workers.listeners import listener_lock, poll_job_id, poll_listener, schedule_polls
+from workers.listeners import (
+    listener_lock,
+    poll_job_id,
+    poll_listener,
+    rest_job_id,
+    schedule_polls,
+)
 from workers.queues import INBOUND
 from workers.worker import run_worker
 
@@ -176,25 +182,29 @@ def test_poll_now_stores_the_mail_and_says_what_it_did(
     assert "2 waiting, oldest" in page
 
 
-def test_poll_now_stops_at_its_time_limit_and_a_worker_fetches_the_rest(
-    app,
-    client,
-    login_as,
-    dovecot,
-    mailbox_user,
-    mailbox_account,
-    make_listener,
-    redis_client,
-    monkeypatch,
-):
+@pytest.fixture
+def backlog(dovecot, mailbox_user, mailbox_account, make_listener, login_as, monkeypatch):
+    """backlog(count, **fields): `count` messages in the mailbox, the listener Orders on it
+    (batches of 2), "Poll now" with its time limit passed as soon as it starts, an admin
+    signed in; returns the listener's id."""
     from webapp.listeners import views
 
-    for n in range(5):
-        dovecot.deliver(mailbox_user.login, make_raw(f"Order {n}"))
-    listener_id = make_listener(mailbox_account(), name="Orders", max_batch=2)
-    # A limit already reached when the first batch is stored: no second batch is started.
-    monkeypatch.setattr(views, "POLL_NOW_SECONDS", 0.0)
-    login_as("admin")
+    def make(count: int, **fields) -> int:
+        for n in range(count):
+            dovecot.deliver(mailbox_user.login, make_raw(f"Order {n}"))
+        listener_id = make_listener(mailbox_account(), name="Orders", max_batch=2, **fields)
+        monkeypatch.setattr(views, "POLL_NOW_SECONDS", 0.0)
+        login_as("admin")
+        return listener_id
+
+    return make
+
+
+def test_poll_now_stops_at_its_time_limit_and_a_worker_fetches_the_rest(
+    app, client, backlog, dovecot, mailbox_user, redis_client
+):
+    listener_id = backlog(5)
+    # No second batch is started: the first one ends past the limit.
     page = _poll_now(client, listener_id)
     assert (
         "Polled Orders: fetched 2, stored 2, duplicates 0. More mail waits on the server; "
@@ -203,35 +213,46 @@ def test_poll_now_stops_at_its_time_limit_and_a_worker_fetches_the_rest(
     first = _subjects(app)  # mail delivered within a second has no order on the server
     assert len(first) == 2 and set(first) < {f"Order {n}" for n in range(5)}
     # The stored batch's ingest job, then the poll of the rest.
-    assert Queue(INBOUND, connection=redis_client).job_ids[1:] == [poll_job_id(listener_id)]
+    assert Queue(INBOUND, connection=redis_client).job_ids[1:] == [rest_job_id(listener_id)]
 
     # The worker's poll fetches the other three, each once.
     assert run_worker(app, [INBOUND], burst=True) is True
     assert sorted(_subjects(app)) == [f"Order {n}" for n in range(5)]
 
+    # A poll whose mail all fits in its first batch leaves nothing: nothing more to say or queue.
+    dovecot.deliver(mailbox_user.login, make_raw("Order 5"))
+    page = _poll_now(client, listener_id)
+    assert "Polled Orders: fetched 1, stored 1, duplicates 0." in page
+    assert "More mail" not in page
+    assert rest_job_id(listener_id) not in Queue(INBOUND, connection=redis_client).job_ids
 
-def test_poll_now_says_when_the_rest_waits_for_the_scheduled_poll(
-    app, client, login_as, dovecot, mailbox_user, mailbox_account, make_listener, monkeypatch
+
+def test_poll_now_leaves_the_rest_of_a_disabled_listener_to_the_next_poll_now(
+    client, backlog, redis_client
 ):
+    listener_id = backlog(3, enabled=False)
+    assert (
+        "Polled Orders: fetched 2, stored 2, duplicates 0. More mail waits on the server; the "
+        "listener is disabled: Poll now fetches more."
+    ) in _poll_now(client, listener_id)
+    assert rest_job_id(listener_id) not in Queue(INBOUND, connection=redis_client).job_ids
+    assert "fetched 1, stored 1" in _poll_now(client, listener_id)
+
+
+def test_poll_now_says_when_the_rest_waits_for_the_scheduled_poll(client, backlog, monkeypatch):
     from redis.exceptions import ConnectionError as RedisConnectionError
 
-    from webapp.listeners import views
     from workers import listeners
 
-    def queue_gone(listener_id: int) -> None:
+    def queue_gone(listener_id: int, job_id: str | None = None) -> None:
         raise RedisConnectionError("the job queue went away after the poll")
 
-    for n in range(3):
-        dovecot.deliver(mailbox_user.login, make_raw(f"Order {n}"))
-    listener_id = make_listener(mailbox_account(), name="Orders", max_batch=2)
-    monkeypatch.setattr(views, "POLL_NOW_SECONDS", 0.0)
+    listener_id = backlog(3)
     monkeypatch.setattr(listeners, "enqueue_poll", queue_gone)
-    login_as("admin")
-    page = _poll_now(client, listener_id)
     assert (
         "Polled Orders: fetched 2, stored 2, duplicates 0. More mail waits on the server; "
         "the next scheduled poll fetches it."
-    ) in page
+    ) in _poll_now(client, listener_id)
 
 
 def _poll_now(client, listener_id: int) -> str:

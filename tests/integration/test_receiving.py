@@ -270,6 +270,22 @@ def test_a_poll_with_a_time_limit_leaves_the_rest_for_the_next(
     assert sorted(r.raw for r in stored(app)) == sorted(raws)
     assert all(b"\\Seen" in f for f in flags_by_subject(imap).values())
 
+    # Past the limit, but all of it fits in the first batch: nothing more waits.
+    dovecot.deliver(mailbox_user.login, make_raw("Order 5"))
+    last = run(app, listener_id, until=time.monotonic())
+    assert (last.summary(), last.more) == ("fetched 1, stored 1, duplicates 0", False)
+
+
+def test_a_poll_with_a_time_limit_fetches_in_batches_that_do_not_grow(
+    app, dovecot, mailbox_user, mailbox_account, make_listener
+):
+    for n in range(25):
+        dovecot.deliver(mailbox_user.login, make_raw(f"Order {n}"))
+    listener_id, batches = make_listener(mailbox_account(), max_batch=25), Batches()
+    result = run(app, listener_id, batches, until=time.monotonic() + 60)
+    assert [len(ids) for ids in batches.calls] == [10, 10, 5]  # without a limit: 10, then 15
+    assert (result.stored, result.more) == (25, False)
+
 
 def test_delete_removes_stored_messages_from_the_server(
     app, dovecot, mailbox_user, mailbox_account, make_listener, imap

@@ -140,9 +140,9 @@ def poll_now(listener_pk: int):
     listener = _listener_or_404(listener_pk)
     if not ConfirmForm().validate_on_submit():
         abort(400)
-    name = listener.name
+    name, enabled = listener.name, listener.enabled
     try:
-        result = run_poll(listener.id, until=time.monotonic() + POLL_NOW_SECONDS)
+        result = run_poll(listener_pk, until=time.monotonic() + POLL_NOW_SECONDS)
     except PollBusy:
         flash(f"{name} is being polled by a worker right now; look again in a moment.", "info")
     except ReceivingError as exc:
@@ -155,7 +155,7 @@ def poll_now(listener_pk: int):
     else:
         said = f"Polled {name}: {result.summary()}."
         if result.more:
-            said += " " + _rest_of_the_mail(listener.id)
+            said += " " + _rest_of_the_mail(listener_pk, enabled)
         if result.ok:
             flash(said, "success")
         else:
@@ -163,12 +163,15 @@ def poll_now(listener_pk: int):
     return redirect(url_for("listeners.listeners"))
 
 
-def _rest_of_the_mail(listener_id: int) -> str:
-    """Hand the mail a poll left on the server (it ran out of its time) to a worker's poll."""
-    from workers.listeners import enqueue_poll
+def _rest_of_the_mail(listener_id: int, enabled: bool) -> str:
+    """Hand the mail a poll left on the server (it ran out of its time) to a worker's poll;
+    a disabled listener is polled only when asked, so it waits for the next "Poll now"."""
+    from workers.listeners import enqueue_poll, rest_job_id
 
+    if not enabled:
+        return "More mail waits on the server; the listener is disabled: Poll now fetches more."
     try:
-        enqueue_poll(listener_id)
+        enqueue_poll(listener_id, rest_job_id(listener_id))
     except RedisError:
         return "More mail waits on the server; the next scheduled poll fetches it."
     return "More mail waits on the server; a worker is fetching the rest."

@@ -144,8 +144,11 @@ FIRST_BATCH = 10
 def _batches(
     items: Sequence[Any], size: int, result: PollResult, until: float | None
 ) -> Iterator[Sequence[Any]]:
-    """The poll's batches of `items`; after the first, none is started once the monotonic
-    clock has passed `until`: the rest is left on the server and `result.more` says so."""
+    """The poll's batches of `items`, each twice the one before up to `size`.
+
+    With a time limit (`until`, on the monotonic clock) they stay at FIRST_BATCH, so that none
+    takes long, and after the first none is started once it has passed: the rest is left on
+    the server and `result.more` says so."""
     size = max(size, 1)
     step = min(FIRST_BATCH, size)
     start = 0
@@ -155,7 +158,8 @@ def _batches(
             return
         yield items[start : start + step]
         start += step
-        step = min(step * 2, size)
+        if until is None:
+            step = min(step * 2, size)
 
 
 def _known(
@@ -708,26 +712,29 @@ def _poll_graph(listener: EmailListener, committed: Committed, until: float | No
         new = [str(item["id"]) for item in present if str(item["id"]) not in stored]
         result.fetched += len(present) - len(new)
         result.duplicates += len(present) - len(new)
-        items = [
-            (
-                _Identity(folder=listener.folder, graph_id=message_id),
-                graph.message_mime(m.url, m.upn, m.token, m.settings, m.policy, message_id),
-            )
-            for message_id in new
-        ]
+        items: list[tuple[_Identity, bytes]] = []
+        fetched: list[str] = []
+        for message_id in new:
+            # Each message is a request of its own: a time limit is looked at between them.
+            if fetched and _past(until):
+                result.more = True
+                break
+            mime = graph.message_mime(m.url, m.upn, m.token, m.settings, m.policy, message_id)
+            items.append((_Identity(folder=listener.folder, graph_id=message_id), mime))
+            fetched.append(message_id)
         # Stored even when its Message-ID is known (ingesting counts it as a copy): a message
         # skipped here would, once marked read, come back changed in every delta and be fetched
         # again each time.
         storing = _store_batch(listener, items, "graph", result, by_message_id=False)
         _commit_batch(listener, storing, committed)
-        _graph_after(m, listener, new, destination)
-        if page.delta_link:
+        _graph_after(m, listener, fetched, destination)
+        if page.delta_link and not result.more:
             # Only once every message listed is stored and acted on: a poll that stops
             # earlier starts again from the previous link and finds them stored.
             listener.graph_delta_link = page.delta_link
             db.session.commit()
             return result
-        if _past(until):
+        if result.more or _past(until):
             # The delta link is not reached: the next poll reads these pages again from the
             # previous one and finds their messages stored.
             result.more = True
