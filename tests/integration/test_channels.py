@@ -189,6 +189,64 @@ def test_a_reply_through_a_channel_joins_its_case(app, setup):
 
 
 @both_databases
+def test_a_reply_that_matches_no_route_joins_its_case_rather_than_the_default_route(
+    app, setup, make_case_type, make_case
+):
+    _channel(app, setup)  # the default route quarantines
+    listener = setup["listener"]
+    taxi = _ingest(app, message(), listener)  # route 3: the rule Expenses by email
+    reference = _case(app, taxi.case_id).reference
+
+    reply = _ingest(
+        app,
+        message(
+            subject="Thanks",
+            body="The receipt is attached.\n",
+            message_id="<r1@example.com>",
+            headers="In-Reply-To: <m1@example.com>\r\n",
+        ),
+        listener,
+    )
+    assert (reply.status, reply.case_id) == ("processed", taxi.case_id)
+    assert {
+        "step": "channel",
+        "note": f"It belongs to {reference}: it goes to Expenses by email rather than the "
+        "default route.",
+    } in reply.decisions
+    by_subject = _ingest(
+        app,
+        message(subject=f"About [{reference}]", sender="carol@example.net", message_id="<r2@x>"),
+        listener,
+    )
+    assert (by_subject.status, by_subject.case_id) == ("processed", taxi.case_id)
+    # A route it matches still decides.
+    spam = _ingest(
+        app,
+        message(
+            subject="Thanks",
+            message_id="<r3@x>",
+            headers="In-Reply-To: <m1@example.com>\r\nX-Spam: yes\r\n",
+        ),
+        listener,
+    )
+    assert spam.status == "quarantined" and spam.case_id is None
+    assert spam.status_reason.startswith("Quarantined by the channel Triage: Route 2 matched")
+
+    # A case of a type none of the channel's rules handles: joined while open, the default
+    # route once it is resolved.
+    other = make_case(make_case_type("Purchase order", "PO"), subject="Chairs")
+    joined = _ingest(app, message(subject=f"Re: [{other}]", message_id="<r4@x>"), listener)
+    assert joined.status == "processed"
+    assert _case(app, joined.case_id).reference == other
+    with app.app_context():
+        db.session.scalar(select(Case).where(Case.reference == other)).status = "resolved"
+        db.session.commit()
+    late = _ingest(app, message(subject=f"Re: [{other}]", message_id="<r5@x>"), listener)
+    assert late.status == "quarantined" and late.case_id is None
+    assert "No route matched: the default route, quarantine the message." in late.status_reason
+
+
+@both_databases
 def test_the_service_refuses_bad_routes_and_changes_nothing(app, setup):
     with app.app_context():
         channel = service.save_channel(None, name="Triage", mode="first", default_kind="ignore")

@@ -231,7 +231,7 @@ def plan(
         result.reason = approval_service.describe_reply(result.approval)
         return result
     if channel is not None:
-        rule = _route(result, channel, message)
+        rule = _route(result, channel, message, found.case)
         if result.action != OPEN:
             return result
     result.rule = rule
@@ -932,11 +932,15 @@ def stuck_message_ids(older_than: timedelta, limit: int = 1000) -> list[int]:
     )
 
 
-def _route(result: Plan, channel: EmailChannel, message: ParsedMessage) -> ServiceEmailRule | None:
+def _route(
+    result: Plan, channel: EmailChannel, message: ParsedMessage, case: Case | None
+) -> ServiceEmailRule | None:
     """Follow the channel: the rule to apply, or set the plan to ignore or quarantine.
 
     In all-matches mode the first route that opens cases (a rule or a case type) is followed
     and the other matches are only recorded; ignore or quarantine apply when none opens cases.
+    A message that belongs to `case` and matched no route joins it rather than take a default
+    route that ignores or quarantines (`_thread_rule`); a route it matched still decides.
     """
     try:
         routed = channel_service.route(channel, message)
@@ -945,6 +949,15 @@ def _route(result: Plan, channel: EmailChannel, message: ParsedMessage) -> Servi
         result.reason = str(exc)
         return None
     result.routing = [match.sentence for match in routed.matches]
+    default = routed.first.route if routed.used_default and routed.first else None
+    if case is not None and default is not None and default.target_kind in SET_ASIDE:
+        rule = _thread_rule(channel, case)
+        if rule is not None:
+            result.routing.append(
+                f"It belongs to {case.reference}: it goes to {rule.name} rather than the "
+                "default route."
+            )
+            return rule
     if not routed.matches:
         result.action = QUARANTINE
         result.reason = f"No route of the channel {channel.name} matched, and it has no default."
@@ -971,11 +984,40 @@ def _route(result: Plan, channel: EmailChannel, message: ParsedMessage) -> Servi
             result.action = QUARANTINE
             result.reason = f"The rule of the channel {channel.name}'s route no longer exists."
         return rule
-    # A case type alone: open cases of it with no field mappings (replies still join).
+    assert target.target_id is not None  # a route to a case type names it
+    return _case_type_rule(f"{channel.name}: {target.target_label}", target.target_id)
+
+
+# Routes that keep a message out of any case.
+SET_ASIDE = (routing.IGNORE, routing.QUARANTINE)
+
+
+def _thread_rule(channel: EmailChannel, case: Case) -> ServiceEmailRule | None:
+    """The rule through which a message that belongs to `case` joins it, when it matched none
+    of the channel's routes and the default route would set it aside: the first of the
+    channel's rules that handles the case's type (its resolved-case policy, attachment limits
+    and stage action apply); for an open case of a type none of them handles, the rule a route
+    to the case type gives, which only joins. None: the default route applies (a resolved
+    case of a type no rule of the channel handles)."""
+    for route in sorted(channel.routes, key=lambda r: r.position):
+        rule = route.rule if route.target_kind == routing.RULE else None
+        if rule is not None and (
+            rule.case_type_id == case.case_type_id
+            or (rule.case_type_id is None and rule.action == RuleAction.UPDATE_CASE.value)
+        ):
+            return rule
+    if case.status != "open":
+        return None
+    return _case_type_rule(f"{channel.name}: replies to {case.case_type.name}", case.case_type_id)
+
+
+def _case_type_rule(name: str, case_type_id: int) -> ServiceEmailRule:
+    """A rule for a route to a case type alone: it opens cases of the type with no field
+    mappings, and replies join their case."""
     return ServiceEmailRule(
-        name=f"{channel.name}: {target.target_label}",
+        name=name,
         action=RuleAction.CREATE_CASE.value,
-        case_type_id=target.target_id,
+        case_type_id=case_type_id,
         field_mappings=[],
         stage_action="",
         resolved_policy=ResolvedCasePolicy.NEW_CASE.value,
