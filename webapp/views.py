@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Callable
+from urllib.parse import quote
 
 from flask import abort, flash, redirect, request
 from werkzeug.wrappers import Response
@@ -12,6 +13,18 @@ from webapp.forms.auth import ConfirmForm
 
 # A page number past this shows an empty page; a larger one would overflow the query's OFFSET.
 MAX_PAGE_NUMBER = 1_000_000
+
+
+def file_download(data: bytes, filename: str) -> Response:
+    """`data` as a file to save under `filename` (an ASCII form for old clients, the exact
+    name in UTF-8 for the others), never shown inline nor sniffed as something else."""
+    response = Response(data, mimetype="application/octet-stream")
+    ascii_name = filename.encode("ascii", "replace").decode().replace('"', "_")
+    response.headers["Content-Disposition"] = (
+        f"attachment; filename=\"{ascii_name}\"; filename*=UTF-8''{quote(filename)}"
+    )
+    response.headers["X-Content-Type-Options"] = "nosniff"
+    return response
 
 
 def page_number() -> int:

@@ -118,3 +118,22 @@ def test_inline_images_show_inside_the_sanitised_html(app, client, login_as, mes
     index = page.split(f'<img src="{source}', 1)[1].split('"', 1)[0]
     image = client.get(f"{source}{index}")
     assert image.status_code == 200 and image.mimetype == "image/png"
+
+
+def test_an_attachment_downloads_under_its_own_name(app, client, login_as, messages):
+    from pathlib import Path
+
+    raw = (
+        Path(__file__).resolve().parents[1] / "golden/inbound/attachment_pdf_rfc2231.eml"
+    ).read_bytes()
+    inbound_id = store(app, raw, messages["listener"])
+    login_as("admin")
+    page = client.get(f"/admin/inbox/{inbound_id}").get_data(as_text=True)
+    assert "Rechnung März 2026.pdf" in page
+    download = client.get(f"/admin/inbox/{inbound_id}/parts/0")
+    assert download.status_code == 200 and download.data.startswith(b"%PDF")
+    assert download.headers["Content-Disposition"] == (
+        "attachment; filename=\"Rechnung M?rz 2026.pdf\"; "
+        "filename*=UTF-8''Rechnung%20M%C3%A4rz%202026.pdf"
+    )
+    assert download.headers["X-Content-Type-Options"] == "nosniff"

@@ -1,7 +1,5 @@
 from __future__ import annotations
 
-from urllib.parse import quote
-
 from flask import Response, abort, flash, redirect, render_template, request, url_for
 from flask_login import current_user
 from sqlalchemy import select
@@ -36,6 +34,7 @@ from webapp.services import compose as compose_service
 from webapp.services.casetypes import published_case_types, version_definition
 from webapp.services.groups import all_groups
 from webapp.services.outbox import sending_account
+from webapp.views import file_download
 
 worker_required = roles_required(Role.WORKER)
 PER_PAGE = 25
@@ -376,13 +375,7 @@ def download(reference: str, attachment_id: int):
     attachment = db.session.get(CaseAttachment, attachment_id)
     if attachment is None or attachment.case_id != case.id:
         abort(404)
-    response = Response(attachment.data, mimetype="application/octet-stream")
-    ascii_name = attachment.filename.encode("ascii", "replace").decode().replace('"', "_")
-    response.headers["Content-Disposition"] = (
-        f"attachment; filename=\"{ascii_name}\"; filename*=UTF-8''{quote(attachment.filename)}"
-    )
-    response.headers["X-Content-Type-Options"] = "nosniff"
-    return response
+    return file_download(attachment.data, attachment.filename)
 
 
 def _render_email(case: Case, form: EmailForm, status: int = 200):

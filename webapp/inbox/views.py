@@ -13,7 +13,7 @@ from webapp.mail.sanitize import sanitize_html
 from webapp.models import Case, InboundMessage, InboundStatus
 from webapp.security import admin_required
 from webapp.services.ingest import IngestError, replay
-from webapp.views import page_number
+from webapp.views import file_download, page_number
 
 PER_PAGE = 50
 STATUSES = [s.value for s in InboundStatus]
@@ -105,11 +105,7 @@ def part(inbound_id: int, index: int):
     attachment = parsed.attachments[index]
     if attachment.content_type in SHOWN_IMAGES:
         return Response(attachment.content, mimetype=attachment.content_type)
-    return Response(
-        attachment.content,
-        mimetype="application/octet-stream",
-        headers={"Content-Disposition": f'attachment; filename="part-{index}"'},
-    )
+    return file_download(attachment.content, attachment.filename or f"part-{index}")
 
 
 @bp.route("/<int:inbound_id>/replay", methods=["POST"])
