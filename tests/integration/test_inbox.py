@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 
 from tests.fixtures.app import csrf_token
@@ -9,6 +11,8 @@ from tests.support.inbound import load, make_route, message, store
 from webapp.extensions import db
 from webapp.models import InboundMessage
 from webapp.services.ingest import ingest_message
+
+GOLDEN = Path(__file__).resolve().parents[1] / "golden" / "inbound"
 
 HTML = (
     b"From: Bob <bob@example.com>\r\nTo: expenses@casemail.test\r\nSubject: Lunch\r\n"
@@ -104,13 +108,13 @@ def test_incoming_mail_is_for_admins_only(client, login_as, messages, role):
     assert client.post(f"/admin/inbox/{inbound_id}/replay").status_code in (400, 403)
 
 
-def test_inline_images_show_inside_the_sanitised_html(app, client, login_as, messages):
-    from pathlib import Path
+def _golden(app, name: str, listener_id: int) -> int:
+    """Store the golden message `name` for the listener; its id."""
+    return store(app, (GOLDEN / name).read_bytes(), listener_id)
 
-    raw = (
-        Path(__file__).resolve().parents[1] / "golden/inbound/inline_image_related.eml"
-    ).read_bytes()
-    inbound_id = store(app, raw, messages["listener"])
+
+def test_inline_images_show_inside_the_sanitised_html(app, client, login_as, messages):
+    inbound_id = _golden(app, "inline_image_related.eml", messages["listener"])
     login_as("admin")
     page = client.get(f"/admin/inbox/{inbound_id}").get_data(as_text=True)
     source = f"/admin/inbox/{inbound_id}/parts/"
@@ -121,19 +125,14 @@ def test_inline_images_show_inside_the_sanitised_html(app, client, login_as, mes
 
 
 def test_an_attachment_downloads_under_its_own_name(app, client, login_as, messages):
-    from pathlib import Path
-
-    raw = (
-        Path(__file__).resolve().parents[1] / "golden/inbound/attachment_pdf_rfc2231.eml"
-    ).read_bytes()
-    inbound_id = store(app, raw, messages["listener"])
+    inbound_id = _golden(app, "attachment_pdf_rfc2231.eml", messages["listener"])
     login_as("admin")
     page = client.get(f"/admin/inbox/{inbound_id}").get_data(as_text=True)
     assert "Rechnung März 2026.pdf" in page
     download = client.get(f"/admin/inbox/{inbound_id}/parts/0")
     assert download.status_code == 200 and download.data.startswith(b"%PDF")
     assert download.headers["Content-Disposition"] == (
-        "attachment; filename=\"Rechnung M?rz 2026.pdf\"; "
+        'attachment; filename="Rechnung M?rz 2026.pdf"; '
         "filename*=UTF-8''Rechnung%20M%C3%A4rz%202026.pdf"
     )
     assert download.headers["X-Content-Type-Options"] == "nosniff"
