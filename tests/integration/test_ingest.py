@@ -428,6 +428,34 @@ def test_attachments_within_the_limits_become_case_files_and_an_ack_is_queued(ap
         assert ack.status == "pending"
 
 
+@both_databases
+def test_attachments_the_rule_does_not_keep_are_named_on_the_message_and_the_timeline(app, route):
+    from email.message import EmailMessage
+
+    mail = EmailMessage()
+    mail["From"], mail["To"], mail["Subject"] = "alice@example.com", "x@casemail.test", "Files"
+    mail["Message-ID"] = "<files@example.com>"
+    mail.set_content("Amount: 5\nCategory: Travel\n")
+    for name, content in [(f"f{n}.txt", f"file {n}".encode()) for n in range(8)] + [
+        ("empty.txt", b"")
+    ]:
+        mail.add_attachment(content, "application", "octet-stream", filename=name)
+    listener_id = route(max_attachments=2)
+
+    inbound = ingest(app, store(app, mail.as_bytes(), listener_id))
+    assert inbound.status == "processed", inbound.status_reason
+    said = (
+        "6 attachments not kept, more than the rule's 2 attachments: f2.txt, f3.txt, f4.txt, "
+        "f5.txt, f6.txt and 1 more; 1 attachment not kept, empty: empty.txt."
+    )
+    assert {"step": "attachments", "note": said} in inbound.decisions
+    with app.app_context():
+        files = db.session.scalars(select(CaseAttachment.filename).order_by(CaseAttachment.id))
+        assert list(files) == ["f0.txt", "f1.txt"]
+        event = db.session.scalar(select(CaseEvent).where(CaseEvent.kind == "email"))
+        assert event.comment.startswith(f"Subject: Files\n{said}\n\nAmount: 5")
+
+
 def test_a_control_character_in_the_senders_subject_does_not_spoil_the_acknowledgement(app, route):
     listener_id = route(mappings=[], send_ack=True, ack_subject="Re: {{ subject }}", ack_body="Ok")
     raw = message(subject="=?utf-8?q?Taxi=1B=5B31m_to_the=07_airport?=")

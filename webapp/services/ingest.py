@@ -161,8 +161,24 @@ class Plan:
         if self.correlation:
             steps.append({"step": "correlation", "note": self.correlation})
         steps.extend({"step": "note", "note": note} for note in self.notes)
+        if self.not_kept:
+            steps.append({"step": "attachments", "note": self.not_kept})
         steps.append({"step": "outcome", "note": self.summary})
         return steps
+
+    @property
+    def not_kept(self) -> str:
+        """One sentence on the attachments the rule does not keep, or ""."""
+        by_reason: dict[str, list[str]] = {}
+        for item in self.attachments:
+            if not item.kept:
+                by_reason.setdefault(item.note, []).append(item.filename)
+        said = []
+        for reason, names in by_reason.items():
+            shown = ", ".join(names[:5]) + (f" and {len(names) - 5} more" if len(names) > 5 else "")
+            count = f"{len(names)} attachment" + ("s" if len(names) > 1 else "")
+            said.append(f"{count} not kept, {reason}: {shown}")
+        return "; ".join(said) + "." if said else ""
 
     @property
     def summary(self) -> str:
@@ -1076,7 +1092,9 @@ def _carry_out(
             optimistic.unnumbered.append(result.case)
         if later is not None and entries:
             later.rows += [(CaseEvent, result.case, entry) for entry in entries]
-        _email_event(result.case, result.sender, message, touch=False, later=later)
+        _email_event(
+            result.case, result.sender, message, touch=False, later=later, note=result.not_kept
+        )
         _store_attachments(result.case, result.attachments, message, later=later)
         if rule.send_ack and rule.ack_subject:
             acknowledge = functools.partial(
@@ -1112,7 +1130,7 @@ def _carry_out(
         return
     if result.action == REOPEN:
         case_service.reopen_case(case, user=None, channel="email", comment="A new email arrived.")
-    _email_event(case, result.sender, message)
+    _email_event(case, result.sender, message, note=result.not_kept)
     _store_attachments(case, result.attachments, message)
     if rule.stage_action and case.status == "open":
         if batch is not None and not case.reference:
@@ -1140,9 +1158,13 @@ def _email_event(
     *,
     touch: bool = True,
     later: Batch | None = None,
+    note: str = "",
 ) -> None:
+    """The timeline entry of an email; `note` (on attachments not kept, say) goes under its
+    subject, before the text that may be cut short."""
     text = message.text.strip()
-    body = f"Subject: {message.subject or NO_SUBJECT}\n\n{text}"
+    head = f"Subject: {message.subject or NO_SUBJECT}" + (f"\n{note}" if note else "")
+    body = f"{head}\n\n{text}"
     # The same columns as a "created" entry's: a batch's entries go in one statement only
     # when they all name the same columns.
     values = {
