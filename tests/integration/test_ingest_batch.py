@@ -266,6 +266,45 @@ def test_a_message_that_cannot_open_its_case_is_quarantined_and_the_batch_goes_o
 
 
 @both_databases
+def test_a_sender_address_no_database_stores_quarantines_that_message_only(app, route):
+    """An encoded word in From can decode to NUL (which PostgreSQL refuses) or to bytes that
+    are not text (which no driver encodes): the batch once failed whole on every attempt."""
+    listener_id = route()
+    rest = (
+        b"To: expenses@casemail.test\r\nSubject: Hi\r\nMessage-ID: <{n}@example.com>\r\n\r\n"
+        b"Amount: 1\r\nCategory: Travel\r\n"
+    )
+    poisons = [
+        b"From: ali\x00ce@example.com\r\n",
+        b"From: =?utf-8?q?x?= <=?utf-8?q?a=00?=@example.com>\r\n",
+        b"From: =?utf-8?b?////?=\r\n",
+        b"From: =?x?q?y?= <=?utf-8?b?/w==?=@example.com>\r\n",
+    ]
+    good = store(app, message(subject="One", message_id="<1@example.com>"), listener_id)
+    bad = [
+        store(app, header + rest.replace(b"{n}", str(n).encode()), listener_id)
+        for n, header in enumerate(poisons, start=10)
+    ]
+    named = store(
+        app,
+        b"From: =?utf-8?b?////?= <dave@example.com>\r\n" + rest.replace(b"{n}", b"20"),
+        listener_id,
+    )
+    ingest_batch(app, [good, *bad, named])
+
+    assert load(app, good).status == "processed"
+    for inbound_id in bad:
+        inbound = load(app, inbound_id)
+        assert (inbound.status, inbound.case_id) == ("quarantined", None)
+        assert inbound.status_reason == "The From header names no address mail can be sent to."
+    # A name of bytes that are not text: the address is fine, the name is shown as such.
+    opened = load(app, named)
+    assert opened.status == "processed", opened.status_reason
+    with app.app_context():
+        assert db.session.get(Case, opened.case_id).requester == "dave@example.com"
+
+
+@both_databases
 def test_an_unexpected_failure_quarantines_that_message_only(app, route, monkeypatch):
     listener_id = route()
     ids = [

@@ -58,6 +58,23 @@ def test_sender_is_given_only_for_exactly_one_well_formed_address():
         assert not parsed.from_well_formed
 
 
+def test_addresses_hold_no_control_character_nor_bytes_that_are_not_text():
+    def parsed(header: bytes):
+        return parse_message(header + b"\r\nTo: b\x00@x.test, c@x.test\r\n\r\nHi\r\n")
+
+    for header in (
+        b"From: ali\x00ce@example.com",
+        b"From: =?utf-8?q?x?= <=?utf-8?q?a=00?=@example.com>",
+        b"From: =?utf-8?b?////?=",
+        b"From: =?x?q?y?= <=?utf-8?b?/w==?=@example.com>",
+    ):
+        message = parsed(header)
+        assert (message.from_addresses, message.sender) == ((), None), header
+        assert message.to == (("", "c@x.test"),)
+    named = parsed(b"From: =?utf-8?b?////?= Ann =?utf-8?q?B=01C?= <ann@example.com>")
+    assert named.from_addresses == (("\ufffd\ufffd\ufffd Ann B C", "ann@example.com"),)
+
+
 def test_recipients_include_envelope_headers():
     parsed = parse_message(
         _message(

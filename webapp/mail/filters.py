@@ -74,6 +74,10 @@ def structure_filter(message: ParsedMessage, limits: Limits) -> FilterDecision |
             "structure", "quarantine", "The message has no headers; it is not an email message."
         )
     if not message.from_addresses:
+        if message.from_header_count:
+            return FilterDecision(
+                "structure", "quarantine", "The From header names no address mail can be sent to."
+            )
         return FilterDecision(
             "structure", "quarantine", "The message has no sender address (From)."
         )

@@ -75,6 +75,12 @@ _ID_CONTROL_RE = re.compile("[\x00-\x08\x0b\x0c\x0e-\x1f\x7f]")
 _UNSAFE_FILENAME_RE = re.compile(r'[<>:"|?*]')
 # compat32 keeps undecodable header bytes as lone surrogates (surrogateescape).
 _SURROGATE_RE = re.compile("[\udc80-\udcff]")
+# What an encoded word can decode to that no address holds and not every database stores
+# (PostgreSQL refuses NUL; no driver encodes an unpaired surrogate): control characters, and
+# the surrogates standing for bytes that are not text in the word's charset.
+_NOT_IN_ADDRESS_RE = re.compile("[\x00-\x1f\x7f\ud800-\udfff]")
+_CONTROLS_RE = re.compile("[\x00-\x1f\x7f]")
+_SURROGATES_RE = re.compile("[\ud800-\udfff]")
 # The common From forms, which the strict parser would accept without defects: matching them
 # directly saves that parser's cost (a sixth of parse time). Anything unusual takes the slow path.
 _ATEXT = r"[A-Za-z0-9!#$%&'*+/=?^_`{|}~-]+"
@@ -934,7 +940,10 @@ def _strict_from(values: list[str]) -> tuple[tuple[tuple[str, str], ...], bool]:
         if defects or any(not address or "@" not in address for _, address in found):
             clean = False
         addresses.extend((" ".join(name.split()), address) for name, address in found)
-    usable = tuple((name, address) for name, address in addresses if address and address != "<>")
+    given = [(name, address) for name, address in addresses if address and address != "<>"]
+    usable = _usable(given)
+    if len(usable) != len(given):
+        clean = False
     if len(usable) != 1:
         clean = False
     elif clean:
@@ -952,7 +961,18 @@ def _addresses(values: Iterable[str]) -> tuple[tuple[str, str], ...]:
         for name, address in getaddresses([text]):
             if address and "@" in address:
                 found.append((" ".join(decode_header(name).split()), address))
-    return tuple(found)
+    return _usable(found)
+
+
+def _usable(pairs: Iterable[tuple[str, str]]) -> tuple[tuple[str, str], ...]:
+    """(name, address) pairs without what an encoded word may have decoded to and no address
+    holds: in a name, control characters become spaces and bytes that were not text U+FFFD;
+    an address with any of them is left out, as one that mail cannot be sent to."""
+    return tuple(
+        (" ".join(_SURROGATES_RE.sub("\ufffd", _CONTROLS_RE.sub(" ", name)).split()), address)
+        for name, address in pairs
+        if not _NOT_IN_ADDRESS_RE.search(address)
+    )
 
 
 def _id_text(value: str) -> str:
