@@ -181,6 +181,43 @@ def test_a_broken_message_is_quarantined_and_can_be_replayed(app, route, runner)
 
 
 @both_databases
+def test_two_replays_of_one_message_at_the_same_moment_open_one_case(app, route, monkeypatch):
+    from webapp.services import ingest as ingest_service
+
+    listener_id = route()
+    inbound_id = store(app, message(), listener_id)
+    with app.app_context():
+        db.session.get(InboundMessage, inbound_id).status = "quarantined"
+        db.session.commit()
+    real_proofs = ingest_service.sender_proofs
+    other: list[str] = []
+
+    def replayed_meanwhile(replies):
+        # While this replay waits on the sender's proof, another one runs to its end.
+        monkeypatch.setattr(ingest_service, "sender_proofs", real_proofs)
+
+        def replay_too() -> None:
+            with app.app_context():
+                other.append(replay(inbound_id).status)
+                db.session.commit()
+
+        thread = threading.Thread(target=replay_too)
+        thread.start()
+        thread.join(timeout=30)
+        return real_proofs(replies)
+
+    monkeypatch.setattr(ingest_service, "sender_proofs", replayed_meanwhile)
+    with app.app_context(), pytest.raises(IngestError) as refused:
+        replay(inbound_id)
+    assert str(refused.value) == (
+        f"Message #{inbound_id} is processed; only quarantined messages are replayed."
+    )
+    assert other == ["processed"]
+    assert count(app, Case) == 1
+    assert load(app, inbound_id).case_id is not None
+
+
+@both_databases
 def test_replaying_a_message_whose_case_cannot_be_opened_quarantines_it_again(
     app, route, runner, monkeypatch
 ):

@@ -71,6 +71,7 @@ from webapp.services import cases as case_service
 from webapp.services import channels as channel_service
 from webapp.services.outbox import queue_message
 from webapp.services.rules import MappedValue, map_fields, stale_mappings
+from webapp.services.turns import hold_row
 
 # The loop breaker: a sender (often another robot we failed to recognise) may open at most
 # this many cases per window; more are quarantined for an admin to look at.
@@ -869,17 +870,20 @@ def replay(inbound_id: int) -> InboundMessage:
 
     On IngestError the session was rolled back: the message is still quarantined.
     """
-    inbound = db.session.get(InboundMessage, inbound_id)
-    if inbound is None:
-        raise IngestError(f"There is no incoming message #{inbound_id}.")
-    if inbound.status != InboundStatus.QUARANTINED.value:
-        raise IngestError(
-            f"Message #{inbound_id} is {inbound.status}; only quarantined messages are replayed."
-        )
+    inbound = _quarantined(inbound_id)
     # The sender's proof may wait on DNS: checked before the replay writes anything.
     message = screen(inbound.raw).message
     reply = [(inbound.id, inbound.raw, message, inbound.account_id)] if message else []
     proofs = sender_proofs(reply)
+    # Then the message is held, as a writer of it, and looked at again: of two replays at the
+    # same moment (a double click, two admins) the second finds it replayed, not quarantined.
+    db.session.rollback()
+    hold_row(InboundMessage, inbound_id)
+    try:
+        inbound = _quarantined(inbound_id)
+    except IngestError:
+        db.session.rollback()
+        raise
     inbound.status = InboundStatus.RECEIVED.value
     inbound.status_reason = ""
     db.session.flush()
@@ -908,6 +912,19 @@ def replay(inbound_id: int) -> InboundMessage:
         db.session.rollback()
         raise IngestError(f"Message #{inbound_id} is being ingested already.")
     return ingested
+
+
+def _quarantined(inbound_id: int) -> InboundMessage:
+    """The quarantined message `inbound_id`, as stored now; raises IngestError when there is
+    none or it is not quarantined."""
+    inbound = db.session.get(InboundMessage, inbound_id, populate_existing=True)
+    if inbound is None:
+        raise IngestError(f"There is no incoming message #{inbound_id}.")
+    if inbound.status != InboundStatus.QUARANTINED.value:
+        raise IngestError(
+            f"Message #{inbound_id} is {inbound.status}; only quarantined messages are replayed."
+        )
+    return inbound
 
 
 def quarantine_failed(inbound_id: int, error: BaseException) -> None:
