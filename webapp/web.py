@@ -127,7 +127,8 @@ def _install_error_pages(app: Flask) -> None:
     def render_error(code: int):
         title, text = _MESSAGES.get(code, ("Error", "The request could not be completed."))
         limit = app.config.get("MAX_CONTENT_LENGTH")
-        if code == 413 and limit and (request.content_length or 0) > limit:
+        # A body sent without a length (chunked) was stopped at the limit.
+        if code == 413 and limit and (request.content_length or limit + 1) > limit:
             text = (
                 f"The upload is larger than this server accepts: {limit // (1024 * 1024)} MB "
                 "(CASEMAIL_MAX_UPLOAD_MB)."

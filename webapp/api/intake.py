@@ -46,12 +46,33 @@ def _database_unavailable_as_503(view: Any) -> Any:
     return wrapper
 
 
+class _CutShort(Exception):
+    """The body ended before the Content-Length it announced (the client went away)."""
+
+    def __init__(self, got: int, announced: int) -> None:
+        super().__init__(
+            f"The message ended after {got} of the {announced} bytes its Content-Length "
+            "announced; nothing was stored. Send it again."
+        )
+
+
 def _read_limited(limit: int) -> bytes | None:
-    """The request body, or None when it is larger than `limit` bytes."""
+    """The request body, or None when it is larger than `limit` bytes.
+
+    Raises _CutShort when it ended before its Content-Length, and RequestEntityTooLarge (413)
+    when a body sent without a length (chunked) goes past the server's upload limit: the
+    stream stops there without a word, so one more byte is asked for, which raises then.
+    """
     if request.content_length is not None and request.content_length > limit:
         return None
     raw = request.stream.read(limit + 1)
-    return None if len(raw) > limit else raw
+    if len(raw) > limit:
+        return None
+    if request.content_length is None:
+        request.stream.read(1)
+    elif len(raw) < request.content_length:
+        raise _CutShort(len(raw), request.content_length)
+    return raw
 
 
 @bp.route("/listeners/<int:listener_id>/messages", methods=["POST"])
@@ -72,7 +93,10 @@ def intake_message(listener_id: int) -> Response:
             "unsupported_media_type",
             "Send the raw message uncompressed, without a Content-Encoding.",
         )
-    raw = _read_limited(listener.max_message_bytes)
+    try:
+        raw = _read_limited(listener.max_message_bytes)
+    except _CutShort as exc:
+        return _error(400, "incomplete", str(exc))
     if raw is None:
         return _error(
             413,
