@@ -138,6 +138,10 @@ def mail_ingest(max_size: int | None, listener_id: int | None) -> None:
         store_inbound,
     )
 
+    if sys.stdin is None:  # started with standard input closed: no message to read
+        click.echo("refused: there is no message: standard input is closed", err=True)
+        sys.exit(EX_DATAERR)
+    stdin = sys.stdin.buffer
     try:
         listener = None
         if listener_id is not None:
@@ -145,12 +149,12 @@ def mail_ingest(max_size: int | None, listener_id: int | None) -> None:
             if is_id(listener_id):
                 listener = db.session.get(EmailListener, listener_id)
             if listener is None:
-                _read_message(sys.stdin.buffer, 0)  # to its end, keeping nothing of it
+                _read_message(stdin, 0)  # to its end, keeping nothing of it
                 click.echo(f"refused: there is no listener with the ID {listener_id}", err=True)
                 sys.exit(EX_DATAERR)
         limit = listener.max_message_bytes if listener is not None else max_size
         db.session.rollback()  # no transaction left open while the mail server writes
-        raw, size = _read_message(sys.stdin.buffer, limit)
+        raw, size = _read_message(stdin, limit)
         check_size(size, limit)  # the whole message's size: `raw` stops past the limit
         if listener is not None:
             inbound = store_for_listener(raw, "mta", listener)
@@ -162,7 +166,7 @@ def mail_ingest(max_size: int | None, listener_id: int | None) -> None:
         sys.exit(EX_DATAERR)
     except (OperationalError, SQLAlchemyError) as exc:
         db.session.rollback()
-        _read_message(sys.stdin.buffer, 0)  # what is left of it, unread if the lookup failed
+        _read_message(stdin, 0)  # what is left of it, unread if the lookup failed
         click.echo(f"temporary failure, try again later: {type(exc).__name__}", err=True)
         sys.exit(EX_TEMPFAIL)
     click.echo(f"stored inbound message #{inbound.id}")

@@ -49,6 +49,23 @@ def test_ingest_stores_the_raw_message(app, app_env):
         )
 
 
+def test_ingest_with_standard_input_closed_says_so_and_exits_65(app, app_env):
+    # As a pipe transport misconfigured to close it would start the command (`<&-`).
+    result = subprocess.run(
+        [sys.executable, "-m", "flask", "mail", "ingest"],
+        stdin=subprocess.DEVNULL,
+        cwd=ROOT,
+        env=app_env,
+        capture_output=True,
+        timeout=60,
+        preexec_fn=lambda: os.close(0),
+    )
+    assert result.returncode == 65, result.stderr.decode()
+    assert result.stderr.decode() == "refused: there is no message: standard input is closed\n"
+    with app.app_context():
+        assert db.session.scalar(select(func.count()).select_from(InboundMessage)) == 0
+
+
 def test_ingest_refuses_empty_and_oversized_input_with_exit_65(runner, app):
     result = runner.invoke(args=["mail", "ingest"], input=b"")
     assert result.exit_code == 65
