@@ -75,6 +75,26 @@ def test_addresses_hold_no_control_character_nor_bytes_that_are_not_text():
     assert named.from_addresses == (("\ufffd\ufffd\ufffd Ann B C", "ann@example.com"),)
 
 
+@pytest.mark.parametrize(
+    ("headers", "name"),
+    [
+        (
+            'Content-Type: application/pdf\r\nContent-Disposition: attachment; filename="März.pdf"',
+            "März.pdf",
+        ),
+        ('Content-Type: application/pdf; name="Angebot für José.pdf"', "Angebot für José.pdf"),
+    ],
+)
+def test_an_attachment_name_in_raw_utf8_keeps_its_letters(headers: str, name: str):
+    # Not RFC 2231 nor an encoded word, but what many mailers send.
+    raw = (
+        "From: a@example.com\r\nSubject: x\r\nContent-Type: multipart/mixed; boundary=XX\r\n"
+        "\r\n--XX\r\nContent-Type: text/plain\r\n\r\nhi\r\n--XX\r\n"
+        f"{headers}\r\nContent-Transfer-Encoding: base64\r\n\r\nJVBERg==\r\n--XX--\r\n"
+    ).encode()
+    assert [a.filename for a in parse_message(raw).attachments] == [name]
+
+
 def test_recipients_include_envelope_headers():
     parsed = parse_message(
         _message(

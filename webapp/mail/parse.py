@@ -15,6 +15,7 @@ from __future__ import annotations
 import binascii
 import codecs
 import email.policy
+import email.utils
 import html
 import mimetypes
 import re
@@ -880,11 +881,32 @@ def _decode_set_aside(part: Message) -> bytes | None:
 def _filename(part: Message) -> str:
     try:
         name = part.get_filename()
+        if isinstance(name, str) and "\ufffd" in name:
+            # Raw 8-bit bytes in the header (not RFC 2231 nor an encoded word), which the
+            # standard library replaces: read again from the header as received.
+            name = _raw_8bit_filename(part) or name
     except (ValueError, TypeError, LookupError, UnicodeError):
         name = None
     if not isinstance(name, str):
         return ""
     return decode_header(name)
+
+
+def _raw_8bit_filename(part: Message) -> str | None:
+    """The filename (or name) parameter of a Content-Disposition (Content-Type) header that
+    holds raw 8-bit bytes, those read as the rest of the message's headers are."""
+    for header, param in (("content-disposition", "filename"), ("content-type", "name")):
+        raw = _raw_first(part, header)
+        if not _has_surrogates(raw):
+            continue
+        holder = Message()
+        holder[header] = guess_text(raw.encode("ascii", "surrogateescape"))
+        value = holder.get_param(param, header=header)
+        if isinstance(value, tuple):
+            value = email.utils.collapse_rfc2231_value(value)
+        if value:
+            return str(value)
+    return None
 
 
 def _param(part: Message, name: str) -> str | None:
