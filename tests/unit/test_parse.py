@@ -95,6 +95,18 @@ def test_an_attachment_name_in_raw_utf8_keeps_its_letters(headers: str, name: st
     assert [a.filename for a in parse_message(raw).attachments] == [name]
 
 
+@pytest.mark.parametrize(
+    "charset", ["zlib", "uu", "bz2", "hex", "rot13", "base64", "punycode", "idna", "unicode_escape"]
+)
+def test_a_codec_that_is_no_charset_is_read_as_an_unknown_charset(charset: str):
+    raw = (
+        f"From: a@example.com\r\nSubject: =?{charset}?q?Hotel?=\r\n"
+        f"Content-Type: text/plain; charset={charset}\r\n\r\nH\xf4tel \xe9t\xe9\r\n"
+    ).encode("latin-1")
+    parsed = parse_message(raw)
+    assert (parsed.subject, parsed.text.strip()) == ("Hotel", "Hôtel été")
+
+
 def test_recipients_include_envelope_headers():
     parsed = parse_message(
         _message(

@@ -790,18 +790,22 @@ def _decode_word(encoding: str, text: str) -> bytes | None:
         return None
 
 
+_NOT_CHARSETS = frozenset(("punycode", "idna", "unicode-escape", "raw-unicode-escape"))
+
+
 def _codec(label: str) -> str | None:
     if not _CHARSET_LABEL_RE.match(label):
         return None
     label = _CHARSET_SUPERSETS.get(label, label)
     try:
-        name = codecs.lookup(label).name
+        info = codecs.lookup(label)
     except (LookupError, ValueError):
         return None
-    # Labels that exist as Python codecs but are not text encodings a message can declare.
-    if name in ("base64", "hex", "rot-13", "bz2_codec", "zlib_codec", "uu_codec", "quopri"):
+    # Labels that name Python codecs but no charset a message can be written in: bytes to
+    # bytes (zlib, uu, base64, hex, …), and text transforms of domain names and escapes.
+    if not getattr(info, "_is_text_encoding", True) or info.name in _NOT_CHARSETS:
         return None
-    return name
+    return info.name
 
 
 def guess_text(data: bytes) -> str:
