@@ -539,6 +539,51 @@ def test_cases_whose_first_stage_looks_up_an_assignee_are_written_with_their_num
     assert all(assignee is not None for _, _, assignee in cases)
 
 
+@both_databases
+def test_two_copies_of_a_message_ingested_by_two_workers_at_once_open_one_case(app, route):
+    """A mail server's retry, or one message in two folders: the second worker's copy waits
+    for the first one's commit (PostgreSQL: a lock per Message-ID; SQLite: one writer at a
+    time), then is ignored as a copy."""
+    listener_id = route()
+    first = store(app, message(message_id="<twice@example.com>"), listener_id)
+    second = store(app, message(message_id="<twice@example.com>"), listener_id)
+    claimed, failures = threading.Event(), []
+
+    def worker_a() -> None:
+        try:
+            with app.app_context(), turns.write_turn() as take_turn:
+                ingest_service.ingest_batch([first], before_claim=take_turn)
+                claimed.set()
+                time.sleep(1.0)  # a slow commit: the other worker gets there meanwhile
+                db.session.commit()
+        except Exception as exc:
+            failures.append(exc)
+        finally:
+            claimed.set()
+
+    def worker_b() -> None:
+        claimed.wait(10)
+        try:
+            with app.app_context():
+                ingest_messages([second])
+        except Exception as exc:
+            failures.append(exc)
+
+    threads = [threading.Thread(target=worker_a), threading.Thread(target=worker_b)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=30)
+    assert failures == []
+    assert count(app, Case) == 1
+    assert load(app, first).status == "processed"
+    copy_of = load(app, second)
+    assert (copy_of.status, copy_of.case_id) == ("ignored", None)
+    assert copy_of.status_reason == (
+        f"A copy of message #{first} (same Message-ID), which was already processed."
+    )
+
+
 @pytest.mark.parametrize("database_url", ["postgres"], indirect=True)
 def test_two_workers_mixing_replies_and_new_cases_of_one_type_do_not_deadlock(
     app, route, monkeypatch

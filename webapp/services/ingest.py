@@ -18,6 +18,7 @@ its own message: it is quarantined with the reason, or left "received" to be tri
 from __future__ import annotations
 
 import functools
+import hashlib
 import logging
 import re
 from collections import Counter
@@ -26,7 +27,19 @@ from dataclasses import dataclass, field
 from datetime import timedelta
 from typing import Any, cast
 
-from sqlalchemy import Connection, CursorResult, Table, event, func, insert, select, update
+from sqlalchemy import (
+    Connection,
+    CursorResult,
+    Table,
+    bindparam,
+    event,
+    func,
+    insert,
+    select,
+    text,
+    update,
+)
+from sqlalchemy.dialects.postgresql import ARRAY, BIGINT
 from sqlalchemy.exc import DBAPIError, OperationalError
 from sqlalchemy.orm import SessionTransaction, joinedload
 from sqlalchemy.orm.exc import StaleDataError
@@ -538,6 +551,7 @@ def ingest_batch(
             .execution_options(populate_existing=True)
         )
     }
+    _hold_message_ids(batch)
     _read_shared(batch)
     tally = Tally()
     retry: list[int] = []
@@ -827,6 +841,35 @@ def _listeners(ids: set[int]) -> dict[int, EmailListener]:
         return {}
     stmt = select(EmailListener).where(EmailListener.id.in_(ids)).options(*_LISTENER_LOADS)
     return {listener.id: listener for listener in db.session.scalars(stmt).unique()}
+
+
+# One lock per (account, Message-ID), taken in the order of the keys, held to the commit.
+_HOLD_COPIES = text(
+    "SELECT pg_advisory_xact_lock(k) FROM (SELECT unnest(:keys) AS k ORDER BY k) AS keys"
+).bindparams(bindparam("keys", type_=ARRAY(BIGINT)))
+
+
+def _hold_message_ids(batch: Batch) -> None:
+    """PostgreSQL: hold, to the commit, a lock per (account, Message-ID) of the claimed
+    messages, before the duplicate check reads which ones are processed already. Another
+    copy of one of them, ingested by another worker at the same moment (a mail server's retry,
+    two folders of one mailbox), waits for this commit, then finds this one processed and is
+    ignored as a copy instead of opening a second case. Taken in one order, right after the
+    claim and before any case or counter row: no two batches wait for each other in a circle.
+    SQLite writes one batch at a time already."""
+    if db.session.get_bind().dialect.name != "postgresql":
+        return
+    keys = set()
+    for inbound_id, inbound in batch.claimed.items():
+        screened = batch.screened.get(inbound_id)
+        message_id = screened.message.message_id if screened and screened.message else None
+        if message_id:
+            digest = hashlib.blake2b(
+                f"{inbound.account_id}\n{message_id}".encode(), digest_size=8
+            ).digest()
+            keys.add(int.from_bytes(digest, "big", signed=True))
+    if keys:
+        db.session.execute(_HOLD_COPIES, {"keys": sorted(keys)})
 
 
 def _read_shared(batch: Batch) -> None:
