@@ -291,8 +291,8 @@ def test_an_account_a_listener_receives_through_is_not_deleted(
     )
     assert response.status_code == 200
     assert (
-        "The listeners Listener for Expenses by email receive mail through this account; "
-        "move them to another account or delete them first."
+        "The listener Listener for Expenses by email receives mail through this account; "
+        "move it to another account or delete it first."
     ) in html.unescape(response.get_data(as_text=True))
     assert _count(app) == 1
     listener = f'<a href="/admin/listeners/{listener_id}">Listener for Expenses by email</a>'
@@ -317,8 +317,8 @@ def test_deleting_an_account_waits_for_a_listener_being_saved_on_it(app, make_ac
         delete_account(db.session.get(EmailAccount, pk))
 
     assert while_another_writes(app, save_listener, delete, AccountInUse) == (
-        "The listeners Orders receive mail through this account; move them to another account "
-        "or delete them first."
+        "The listener Orders receives mail through this account; move it to another account "
+        "or delete it first."
     )
     assert _count(app) == 1
 

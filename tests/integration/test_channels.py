@@ -305,7 +305,10 @@ def test_a_listener_routes_to_a_rule_or_a_channel_not_both(app, setup):
         errors = listener_service.listener_errors(listener, {**values, "channel_id": 9999})
         assert errors["channel_id"] == "Choose an email channel from the list."
         assert "channel_id" not in listener_service.listener_errors(listener, values)
-        with pytest.raises(service.ChannelError, match=r"The listeners .* route through"):
+        with pytest.raises(
+            service.ChannelError,
+            match=r"^The listener .+ routes through this channel; change it first\.$",
+        ):
             service.delete_channel(db.session.get(EmailChannel, channel_id))
 
 
@@ -335,6 +338,10 @@ def test_admin_builds_a_channel_in_the_browser(app, client, login_as, setup):
     page = client.get(page_path).get_data(as_text=True)
     assert "subject contains newsletter" in page and "header:X-Spam equals yes" in page
     assert "Rule Expenses by email" in page
+    # The rules list names the channel that routes to a rule, as it names listeners.
+    rules = client.get("/admin/rules/").get_data(as_text=True)
+    row = rules[rules.index("Expenses by email") :].split("</tr>", 1)[0]
+    assert "<div>Channel Triage</div>" in row
     with app.app_context():
         second = db.session.scalar(select(ChannelRoute.id).where(ChannelRoute.position == 2))
     assert _post(client, f"{page_path}/routes/{second}/up", {}, page_path).status_code == 302
@@ -409,7 +416,9 @@ def test_a_rule_a_channel_routes_to_is_not_deleted(app, setup):
     _channel(app, setup)
     with app.app_context():
         rule = db.session.get(ServiceEmailRule, setup["rule"])
-        with pytest.raises(RuleError, match="The email channels Triage route to this rule"):
+        with pytest.raises(
+            RuleError, match=r"^The email channel Triage routes to this rule; change it first\.$"
+        ):
             delete_rule(rule)
 
 

@@ -57,9 +57,9 @@ class ChannelForm(BaseForm):
 class RouteForm(BaseForm):
     conditions = TextAreaField(
         "Conditions",
-        validators=[DataRequired("Enter at least one condition, one a line.")],
+        validators=[DataRequired("Enter at least one condition, one per line.")],
         render_kw={"rows": 3},
-        description="One a line, all must hold: what to look at, how, and the text.",
+        description="One per line, all must hold: what to look at, how, and the text.",
     )
     target = SelectField("Then", choices=KINDS)
     target_rule = row_select("Rule", choose="a rule", description="For “A rule”.")

@@ -70,7 +70,11 @@ class ListenerForm(BaseForm):
             InputRequired("Enter the size limit in bytes."),
             NumberRange(service.MIN_MESSAGE_BYTES, service.MAX_MESSAGE_BYTES),
         ],
-        description="Larger messages are kept in quarantine, whole, for an admin to look at.",
+        description=(
+            "A larger message fetched from the mailbox is kept whole in quarantine for an admin "
+            "to look at; one a mail server pushes (flask mail ingest, the HTTP intake) is "
+            "refused, so that the mail server tells its sender."
+        ),
     )
     send_error_email = BooleanField(
         "Send an error email to the sender when a message cannot be processed"

@@ -91,7 +91,10 @@ def rules():
         listeners.setdefault(listener.rule_id or 0, []).append(listener.name)
     rules = service.all_rules()
     stale = {rule.id: names for rule in rules if (names := service.stale_mappings(rule))}
-    return render_template("rules/index.html", rules=rules, listeners=listeners, stale=stale)
+    channels = {rule.id: names for rule in rules if (names := service.channels_using(rule.id))}
+    return render_template(
+        "rules/index.html", rules=rules, listeners=listeners, channels=channels, stale=stale
+    )
 
 
 @bp.route("/new", methods=["GET", "POST"])

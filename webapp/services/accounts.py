@@ -26,6 +26,7 @@ from webapp.models.types import utcnow
 from webapp.secretbox import SecretError, get_secretbox
 from webapp.services.auth_profiles import oauth_settings, profile_token
 from webapp.services.mail_settings import host_policy
+from webapp.services.text import still_used
 from webapp.services.turns import hold_row
 
 ACCOUNT_ID_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
@@ -404,8 +405,13 @@ def delete_account(account: EmailAccount) -> None:
     names = [listener.name for listener in listeners_of(account)]
     if names:
         raise AccountInUse(
-            f"The listeners {', '.join(names)} receive mail through this account; "
-            "move them to another account or delete them first."
+            still_used(
+                "listener",
+                names,
+                ("receives", "receive"),
+                "mail through this account",
+                "move {them} to another account or delete {them} first",
+            )
         )
     db.session.delete(account)
     db.session.flush()

@@ -12,6 +12,7 @@ from webapp.extensions import db
 from webapp.mail import routing
 from webapp.mail.parse import ParsedMessage
 from webapp.models import CaseType, ChannelRoute, EmailChannel, EmailListener, ServiceEmailRule
+from webapp.services.text import still_used
 
 MAX_NAME = 100
 MAX_ROUTES = 100
@@ -80,7 +81,7 @@ def parse_condition_lines(text: str) -> list[dict[str, str]]:
     if not conditions:
         raise ChannelError(
             "A route needs at least one condition.",
-            {"conditions": "Enter at least one condition, one a line."},
+            {"conditions": "Enter at least one condition, one per line."},
         )
     return conditions
 
@@ -155,7 +156,13 @@ def delete_channel(channel: EmailChannel) -> None:
     )
     if names:
         raise ChannelError(
-            f"The listeners {', '.join(names)} route through this channel; change them first."
+            still_used(
+                "listener",
+                names,
+                ("routes", "route"),
+                "through this channel",
+                "change {them} first",
+            )
         )
     db.session.delete(channel)
     db.session.flush()
@@ -165,7 +172,7 @@ def _check_conditions(conditions: list[dict[str, str]]) -> None:
     if not conditions:
         raise ChannelError(
             "A route needs at least one condition.",
-            {"conditions": "Enter at least one condition, one a line."},
+            {"conditions": "Enter at least one condition, one per line."},
         )
     if len(conditions) > routing.MAX_CONDITIONS:
         raise ChannelError(

@@ -32,6 +32,7 @@ from webapp.models import (
     ServiceEmailRule,
 )
 from webapp.services.casetypes import version_definition
+from webapp.services.text import still_used
 
 SOURCES = {
     "header": "header value",
@@ -284,17 +285,26 @@ def delete_rule(rule: ServiceEmailRule) -> None:
     users = db.session.scalars(select(EmailListener.name).where(EmailListener.rule_id == rule.id))
     names = list(users)
     if names:
-        raise RuleError(f"The listeners {', '.join(names)} use this rule; change them first.")
-    channels = _channels_using(rule.id)
+        raise RuleError(
+            still_used("listener", names, ("uses", "use"), "this rule", "change {them} first")
+        )
+    channels = channels_using(rule.id)
     if channels:
         raise RuleError(
-            f"The email channels {', '.join(channels)} route to this rule; change them first."
+            still_used(
+                "email channel",
+                channels,
+                ("routes", "route"),
+                "to this rule",
+                "change {them} first",
+            )
         )
     db.session.delete(rule)
     db.session.flush()
 
 
-def _channels_using(rule_id: int) -> list[str]:
+def channels_using(rule_id: int) -> list[str]:
+    """The names of the email channels with a route, or the default route, to the rule."""
     by_route = select(EmailChannel.name).join(ChannelRoute).where(ChannelRoute.rule_id == rule_id)
     by_default = select(EmailChannel.name).where(EmailChannel.default_rule_id == rule_id)
     return sorted(set(db.session.scalars(by_route.union(by_default))))
