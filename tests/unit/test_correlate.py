@@ -105,7 +105,7 @@ def test_an_unknown_token_falls_through_to_in_reply_to():
     raw = _raw(To=f"approvals+{OTHER_TOKEN}@casemail.test", In_Reply_To="<m@casemail.test>")
     result = correlate(parse_message(raw), lookups)
     assert (result.method, result.key, result.case) == ("in_reply_to", "<m@casemail.test>", "EXP-2")
-    assert result.description == "matched by In-Reply-To/References (In-Reply-To)"
+    assert result.description == "matched by In-Reply-To"
 
 
 def test_references_are_tried_newest_first_in_one_lookup():
@@ -115,7 +115,7 @@ def test_references_are_tried_newest_first_in_one_lookup():
     raw = _raw(References="<old@casemail.test> <new@casemail.test>", Message_ID="<me@x>")
     result = correlate(parse_message(raw), lookups)
     assert result.case == "EXP-NEW"
-    assert result.description == "matched by In-Reply-To/References (References)"
+    assert result.description == "matched by References"
     assert asked == ["ids <new@casemail.test> <old@casemail.test>"]
 
 
@@ -125,7 +125,7 @@ def test_subject_case_id_needs_brackets_and_an_existing_case():
     result = correlate(parse_message(raw), lookups)
     assert (result.method, result.key, result.case) == ("subject_case_id", "EXP-1042", "EXP-1042")
     assert asked == ["case NOPE-9", "case EXP-1042"]
-    assert result.description == "matched by case id in subject (subject)"
+    assert result.description == "matched by the case id in the subject"
 
 
 def test_no_evidence_is_no_match():

@@ -38,7 +38,7 @@ DEFAULT_CASE_ID_PATTERN = re.compile(r"\[([A-Z][A-Z0-9]{1,9}-\d{1,12})\]")
 _DESCRIPTIONS: dict[Method, str] = {
     "reply_token": "matched by reply token",
     "in_reply_to": "matched by In-Reply-To/References",
-    "subject_case_id": "matched by case id in subject",
+    "subject_case_id": "matched by the case id in the subject",
     "none": "no match",
 }
 
@@ -56,7 +56,11 @@ class Correlation(Generic[CaseT]):
 
     @property
     def description(self) -> str:
+        if self.method == "in_reply_to" and self.source:
+            return f"matched by {self.source}"  # the header: In-Reply-To or References
         text = _DESCRIPTIONS[self.method]
+        if self.method == "subject_case_id":
+            return text  # its source is always the subject
         return f"{text} ({self.source})" if self.source else text
 
 
