@@ -1,7 +1,9 @@
-// The listener form offers the folders of the chosen account: choosing another one reloads them.
+// The listener form offers the folders of the chosen account: choosing another one shows its
+// folders, in the same form, keeping what was typed (the "Show its folders" button).
 document.addEventListener("DOMContentLoaded", () => {
   const picker = document.getElementById("pick-account");
-  if (picker) {
-    picker.addEventListener("change", () => picker.form.submit());
+  const show = document.getElementById("show-folders");
+  if (picker && show) {
+    picker.addEventListener("change", () => picker.form.requestSubmit(show));
   }
 });

@@ -52,6 +52,23 @@ def _post(client, path: str, data: dict[str, str]):
     return client.post(path, data={**data, "csrf_token": csrf_token(client, path)})
 
 
+def test_showing_another_accounts_folders_keeps_what_was_typed_and_saves_nothing(
+    app, client, login_as, dovecot, mailbox_user, mailbox_account, make_account
+):
+    dovecot.create_folder(mailbox_user.login, "Orders")
+    other = make_account(account_id="other", receiver_host="mail.example.invalid")
+    account = mailbox_account()
+    login_as("admin")
+    typed = _fields(other, name="My new listener", poll_interval_seconds="300")
+    response = _post(client, NEW, {**typed, "account_id": str(account), "show_folders": "1"})
+    page = response.get_data(as_text=True)
+    assert response.status_code == 200
+    assert '<option value="Orders">Orders</option>' in page  # the chosen account's folders
+    assert 'value="My new listener"' in page and 'value="300"' in page
+    assert "is-invalid" not in page  # nothing refused
+    assert _count(app) == 0
+
+
 def _count(app) -> int:
     with app.app_context():
         return db.session.scalar(select(func.count(EmailListener.id)))

@@ -84,7 +84,10 @@ def _editor(listener: EmailListener | None):
     form.set_choices(accounts, rules, channels)
     if not form.is_submitted() and account is not None:
         form.account_id.data = account.id
-    if form.validate_on_submit():
+    # "Show its folders": the same form again, with the chosen account's folders; what was
+    # typed is kept, nothing is saved or refused.
+    showing_folders = form.is_submitted() and "show_folders" in request.form
+    if not showing_folders and form.validate_on_submit():
         try:
             saved = service.save_listener(listener, form.values())
         except service.ListenerError as exc:
@@ -94,10 +97,10 @@ def _editor(listener: EmailListener | None):
             db.session.commit()
             flash(f"Listener {saved.name} saved.", "success")
             return redirect(url_for("listeners.listeners"))
-    elif form.is_submitted():
+    elif form.is_submitted() and not showing_folders:
         # Every refused field in one round, not the form's first and the service's next time.
         _put_errors(form, service.listener_errors(listener, form.values()))
-    status = 400 if form.is_submitted() else 200
+    status = 400 if form.is_submitted() and not showing_folders else 200
     return (
         render_template(
             "listeners/form.html",
