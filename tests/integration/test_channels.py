@@ -197,53 +197,82 @@ def test_a_reply_that_matches_no_route_joins_its_case_rather_than_the_default_ro
     taxi = _ingest(app, message(), listener)  # route 3: the rule Expenses by email
     reference = _case(app, taxi.case_id).reference
 
-    reply = _ingest(
-        app,
-        message(
-            subject="Thanks",
-            body="The receipt is attached.\n",
-            message_id="<r1@example.com>",
-            headers="In-Reply-To: <m1@example.com>\r\n",
-        ),
-        listener,
-    )
-    assert (reply.status, reply.case_id) == ("processed", taxi.case_id)
+    def reply(n: int, subject: str = "Thanks", sender: str = "alice@example.com", headers=""):
+        raw = message(subject=subject, sender=sender, message_id=f"<r{n}@x>", headers=headers)
+        return _ingest(app, raw, listener)
+
+    thread = "In-Reply-To: <m1@example.com>\r\n"
+    answer = reply(1, headers=thread)
+    assert (answer.status, answer.case_id) == ("processed", taxi.case_id)
     assert {
         "step": "channel",
-        "note": f"It belongs to {reference}: it goes to Expenses by email rather than the "
-        "default route.",
-    } in reply.decisions
-    by_subject = _ingest(
-        app,
-        message(subject=f"About [{reference}]", sender="carol@example.net", message_id="<r2@x>"),
-        listener,
-    )
-    assert (by_subject.status, by_subject.case_id) == ("processed", taxi.case_id)
+        "note": "It answers a case (matched by In-Reply-To): it goes to Expenses by email "
+        "rather than the default route.",
+    } in answer.decisions
+    # The case id in the subject: from the case's requester, not from anyone who types it.
+    assert reply(2, subject=f"About [{reference}]").case_id == taxi.case_id
+    stranger = reply(3, subject=f"About [{reference}]", sender="mallory@example.net")
+    assert (stranger.status, stranger.case_id) == ("quarantined", None)
+    assert "No route matched: the default route" in stranger.status_reason
     # A route it matches still decides.
-    spam = _ingest(
-        app,
-        message(
-            subject="Thanks",
-            message_id="<r3@x>",
-            headers="In-Reply-To: <m1@example.com>\r\nX-Spam: yes\r\n",
-        ),
-        listener,
-    )
+    spam = reply(4, headers=thread + "X-Spam: yes\r\n")
     assert spam.status == "quarantined" and spam.case_id is None
     assert spam.status_reason.startswith("Quarantined by the channel Triage: Route 2 matched")
+    # Resolved, with a rule that would open a new case: the default route, not a new case.
+    with app.app_context():
+        db.session.get(Case, taxi.case_id).status = "resolved"
+        db.session.commit()
+    late = reply(5, headers=thread)
+    assert (late.status, late.case_id) == ("quarantined", None)
+    assert count_cases(app) == 1
 
     # A case of a type none of the channel's rules handles: joined while open, the default
     # route once it is resolved.
-    other = make_case(make_case_type("Purchase order", "PO"), subject="Chairs")
-    joined = _ingest(app, message(subject=f"Re: [{other}]", message_id="<r4@x>"), listener)
+    other = make_case(
+        make_case_type("Purchase order", "PO"), subject="Chairs", requester="alice@example.com"
+    )
+    joined = reply(6, subject=f"Re: [{other}]")
     assert joined.status == "processed"
     assert _case(app, joined.case_id).reference == other
     with app.app_context():
         db.session.scalar(select(Case).where(Case.reference == other)).status = "resolved"
         db.session.commit()
-    late = _ingest(app, message(subject=f"Re: [{other}]", message_id="<r5@x>"), listener)
-    assert late.status == "quarantined" and late.case_id is None
-    assert "No route matched: the default route, quarantine the message." in late.status_reason
+    closed = reply(7, subject=f"Re: [{other}]")
+    assert closed.status == "quarantined" and closed.case_id is None
+    assert "No route matched: the default route, quarantine the message." in closed.status_reason
+
+
+@both_databases
+def test_a_reply_in_the_same_batch_as_its_case_goes_through_the_channels_rule(app, setup):
+    from webapp.services.ingest import ingest_batch
+
+    _channel(app, setup)
+    listener = setup["listener"]
+    ids = [
+        store(app, message(), listener),  # route 3 opens the case
+        store(
+            app,
+            message(
+                subject="Thanks", message_id="<r@x>", headers="In-Reply-To: <m1@example.com>\r\n"
+            ),
+            listener,
+        ),
+    ]
+    with app.app_context():
+        ingest_batch(ids)
+        db.session.commit()
+    first, answer = (load(app, i) for i in ids)
+    assert (answer.status, answer.case_id) == ("processed", first.case_id)
+    assert {
+        "step": "channel",
+        "note": "It answers a case (matched by In-Reply-To): it goes to Expenses by email "
+        "rather than the default route.",
+    } in answer.decisions
+
+
+def count_cases(app) -> int:
+    with app.app_context():
+        return db.session.scalar(select(func.count()).select_from(Case)) or 0
 
 
 @both_databases

@@ -261,7 +261,7 @@ def plan(
         result.reason = approval_service.describe_reply(result.approval)
         return result
     if channel is not None:
-        rule = _route(result, channel, message, found.case)
+        rule = _route(result, channel, message, found if _answers(found, result.sender) else None)
         if result.action != OPEN:
             return result
     result.rule = rule
@@ -1009,14 +1009,15 @@ def stuck_message_ids(older_than: timedelta, limit: int = 1000) -> list[int]:
 
 
 def _route(
-    result: Plan, channel: EmailChannel, message: ParsedMessage, case: Case | None
+    result: Plan, channel: EmailChannel, message: ParsedMessage, thread: Correlation[Case] | None
 ) -> ServiceEmailRule | None:
     """Follow the channel: the rule to apply, or set the plan to ignore or quarantine.
 
     In all-matches mode the first route that opens cases (a rule or a case type) is followed
     and the other matches are only recorded; ignore or quarantine apply when none opens cases.
-    A message that belongs to `case` and matched no route joins it rather than take a default
-    route that ignores or quarantines (`_thread_rule`); a route it matched still decides.
+    A message that answers a case (`thread`, see `_answers`) and matched no route joins it
+    rather than take a default route that ignores or quarantines (`_thread_rule`); a route it
+    matched still decides.
     """
     try:
         routed = channel_service.route(channel, message)
@@ -1026,12 +1027,14 @@ def _route(
         return None
     result.routing = [match.sentence for match in routed.matches]
     default = routed.first.route if routed.used_default and routed.first else None
+    case = thread.case if thread is not None else None
     if case is not None and default is not None and default.target_kind in SET_ASIDE:
         rule = _thread_rule(channel, case)
         if rule is not None:
+            assert thread is not None
             result.routing.append(
-                f"It belongs to {case.reference}: it goes to {rule.name} rather than the "
-                "default route."
+                f"It answers a case ({thread.description}): it goes to {rule.name} rather than "
+                "the default route."
             )
             return rule
     if not routed.matches:
@@ -1068,23 +1071,37 @@ def _route(
 SET_ASIDE = (routing.IGNORE, routing.QUARANTINE)
 
 
+def _answers(found: Correlation[Case], sender: str) -> bool:
+    """Whether a message is known to answer its case well enough to pass a channel's default
+    route that sets mail aside: it names a message of the case (In-Reply-To/References), or
+    its case id comes from the case's own requester (anyone can type a case id)."""
+    if found.case is None:
+        return False
+    if found.method == "in_reply_to":
+        return True
+    return found.method == "subject_case_id" and bool(sender) and sender == found.case.requester
+
+
 def _thread_rule(channel: EmailChannel, case: Case) -> ServiceEmailRule | None:
-    """The rule through which a message that belongs to `case` joins it, when it matched none
+    """The rule through which a message that answers `case` joins it, when it matched none
     of the channel's routes and the default route would set it aside: the first of the
-    channel's rules that handles the case's type (its resolved-case policy, attachment limits
-    and stage action apply); for an open case of a type none of them handles, the rule a route
-    to the case type gives, which only joins. None: the default route applies (a resolved
-    case of a type no rule of the channel handles)."""
+    channel's rules that handles the case's type (its attachment limits and stage action
+    apply), or for an open case of a type none of them handles, the rule a route to the case
+    type gives. Only to join or reopen the case: for a resolved case whose rule would open a
+    new case (or with no such rule) None, and the default route applies."""
+    type_id = case.case_type.id  # a case opened earlier in the batch has no case_type_id yet
     for route in sorted(channel.routes, key=lambda r: r.position):
         rule = route.rule if route.target_kind == routing.RULE else None
         if rule is not None and (
-            rule.case_type_id == case.case_type_id
+            rule.case_type_id == type_id
             or (rule.case_type_id is None and rule.action == RuleAction.UPDATE_CASE.value)
         ):
+            if case.status != "open" and rule.resolved_policy == ResolvedCasePolicy.NEW_CASE.value:
+                return None
             return rule
     if case.status != "open":
         return None
-    return _case_type_rule(f"{channel.name}: replies to {case.case_type.name}", case.case_type_id)
+    return _case_type_rule(f"{channel.name}: replies to {case.case_type.name}", type_id)
 
 
 def _case_type_rule(name: str, case_type_id: int) -> ServiceEmailRule:
