@@ -218,6 +218,53 @@ def test_two_replays_of_one_message_at_the_same_moment_open_one_case(app, route,
 
 
 @both_databases
+def test_a_replay_started_while_another_ingests_the_message_waits_and_is_refused(
+    app, route, monkeypatch
+):
+    from webapp.services import ingest as ingest_service
+
+    listener_id = route()
+    inbound_id = store(app, message(), listener_id)
+    with app.app_context():
+        db.session.get(InboundMessage, inbound_id).status = "quarantined"
+        db.session.commit()
+    real_ingest = ingest_service.ingest_message
+    inside, go = threading.Event(), threading.Event()
+
+    def paused(*args, **kwargs):
+        inside.set()
+        go.wait(10)  # the first replay holds the message here, not committed yet
+        return real_ingest(*args, **kwargs)
+
+    monkeypatch.setattr(ingest_service, "ingest_message", paused)
+    outcomes: list[str] = []
+
+    def replay_in_thread() -> None:
+        with app.app_context():
+            try:
+                outcomes.append(replay(inbound_id).status)
+                db.session.commit()
+            except IngestError as exc:
+                db.session.rollback()
+                outcomes.append(str(exc))
+
+    first = threading.Thread(target=replay_in_thread)
+    first.start()
+    assert inside.wait(10)
+    second = threading.Thread(target=replay_in_thread)
+    second.start()
+    time.sleep(0.5)  # the second replay now waits for the first one's hold on the message
+    go.set()
+    first.join(30)
+    second.join(30)
+    assert outcomes == [
+        "processed",
+        f"Message #{inbound_id} is processed; only quarantined messages are replayed.",
+    ]
+    assert count(app, Case) == 1
+
+
+@both_databases
 def test_replaying_a_message_whose_case_cannot_be_opened_quarantines_it_again(
     app, route, runner, monkeypatch
 ):

@@ -22,6 +22,7 @@ from webapp.models import (
     CaseEvent,
     CaseType,
     EmailListener,
+    InboundMessage,
     OutboundMessage,
 )
 from webapp.services import cases as case_service
@@ -582,6 +583,36 @@ def test_two_copies_of_a_message_ingested_by_two_workers_at_once_open_one_case(a
     assert copy_of.status_reason == (
         f"A copy of message #{first} (same Message-ID), which was already processed."
     )
+
+
+@both_databases
+def test_a_copy_replayed_while_a_worker_ingests_the_other_opens_one_case(app, route):
+    listener_id = route()
+    quarantined = store(app, message(message_id="<twice@example.com>"), listener_id)
+    received = store(app, message(message_id="<twice@example.com>"), listener_id)
+    with app.app_context():
+        db.session.get(InboundMessage, quarantined).status = "quarantined"
+        db.session.commit()
+    claimed = threading.Event()
+
+    def worker() -> None:
+        with app.app_context(), turns.write_turn() as take_turn:
+            ingest_service.ingest_batch([received], before_claim=take_turn)
+            claimed.set()
+            time.sleep(1.0)  # a slow commit: the replay gets there meanwhile
+            db.session.commit()
+
+    thread = threading.Thread(target=worker)
+    thread.start()
+    assert claimed.wait(10)
+    with app.app_context():
+        replayed = ingest_service.replay(quarantined)
+        db.session.commit()
+        outcome = (replayed.status, replayed.case_id)
+    thread.join(30)
+    assert count(app, Case) == 1
+    assert outcome == ("ignored", None)
+    assert load(app, received).status == "processed"
 
 
 @pytest.mark.parametrize("database_url", ["postgres"], indirect=True)

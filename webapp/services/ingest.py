@@ -857,17 +857,23 @@ def _hold_message_ids(batch: Batch) -> None:
     ignored as a copy instead of opening a second case. Taken in one order, right after the
     claim and before any case or counter row: no two batches wait for each other in a circle.
     SQLite writes one batch at a time already."""
+    pairs = []
+    for inbound_id, inbound in batch.claimed.items():
+        screened = batch.screened.get(inbound_id)
+        message = screened.message if screened is not None else None
+        pairs.append((inbound.account_id, message.message_id if message is not None else None))
+    _hold_copies(pairs)
+
+
+def _hold_copies(pairs: Iterable[tuple[int | None, str | None]]) -> None:
+    """PostgreSQL: the locks of `_hold_message_ids` for these (account, Message-ID) pairs."""
     if db.session.get_bind().dialect.name != "postgresql":
         return
     keys = set()
-    for inbound_id, inbound in batch.claimed.items():
-        screened = batch.screened.get(inbound_id)
-        message_id = screened.message.message_id if screened and screened.message else None
+    for account_id, message_id in pairs:
         if message_id:
-            digest = hashlib.blake2b(
-                f"{inbound.account_id}\n{message_id}".encode(), digest_size=8
-            ).digest()
-            keys.add(int.from_bytes(digest, "big", signed=True))
+            digest = hashlib.blake2b(f"{account_id}\n{message_id}".encode(), digest_size=8)
+            keys.add(int.from_bytes(digest.digest(), "big", signed=True))
     if keys:
         db.session.execute(_HOLD_COPIES, {"keys": sorted(keys)})
 
@@ -927,6 +933,8 @@ def replay(inbound_id: int) -> InboundMessage:
     except IngestError:
         db.session.rollback()
         raise
+    # As a batch does: another copy being ingested at this moment is waited for, then seen.
+    _hold_copies([(inbound.account_id, message.message_id if message is not None else None)])
     inbound.status = InboundStatus.RECEIVED.value
     inbound.status_reason = ""
     db.session.flush()
