@@ -180,15 +180,20 @@ def test_a_broken_message_is_quarantined_and_can_be_replayed(app, route, runner)
         replay(good)
 
 
-@both_databases
-def test_two_replays_of_one_message_at_the_same_moment_open_one_case(app, route, monkeypatch):
-    from webapp.services import ingest as ingest_service
-
-    listener_id = route()
+def quarantined(app, listener_id: int) -> int:
+    """A message stored for the listener, and quarantined (as a failed ingest leaves it)."""
     inbound_id = store(app, message(), listener_id)
     with app.app_context():
         db.session.get(InboundMessage, inbound_id).status = "quarantined"
         db.session.commit()
+    return inbound_id
+
+
+@both_databases
+def test_two_replays_of_one_message_at_the_same_moment_open_one_case(app, route, monkeypatch):
+    from webapp.services import ingest as ingest_service
+
+    inbound_id = quarantined(app, route())
     real_proofs = ingest_service.sender_proofs
     other: list[str] = []
 
@@ -223,11 +228,7 @@ def test_a_replay_started_while_another_ingests_the_message_waits_and_is_refused
 ):
     from webapp.services import ingest as ingest_service
 
-    listener_id = route()
-    inbound_id = store(app, message(), listener_id)
-    with app.app_context():
-        db.session.get(InboundMessage, inbound_id).status = "quarantined"
-        db.session.commit()
+    inbound_id = quarantined(app, route())
     real_ingest = ingest_service.ingest_message
     inside, go = threading.Event(), threading.Event()
 
