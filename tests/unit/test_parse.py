@@ -96,7 +96,19 @@ def test_an_attachment_name_in_raw_utf8_keeps_its_letters(headers: str, name: st
 
 
 @pytest.mark.parametrize(
-    "charset", ["zlib", "uu", "bz2", "hex", "rot13", "base64", "punycode", "idna", "unicode_escape"]
+    "charset",
+    [
+        "zlib",
+        "uu",
+        "bz2",
+        "hex",
+        "rot13",
+        "base64",
+        "punycode",
+        "idna",
+        "unicode_escape",
+        "undefined",
+    ],
 )
 def test_a_codec_that_is_no_charset_is_read_as_an_unknown_charset(charset: str):
     raw = (
@@ -105,6 +117,20 @@ def test_a_codec_that_is_no_charset_is_read_as_an_unknown_charset(charset: str):
     ).encode("latin-1")
     parsed = parse_message(raw)
     assert (parsed.subject, parsed.text.strip()) == ("Hotel", "Hôtel été")
+
+
+def test_utf7_that_decodes_to_a_lone_surrogate_gives_a_replacement_character():
+    # No database stores a lone surrogate: the message would fail to be written.
+    raw = (
+        b"From: a@example.com\r\nSubject: =?utf-7?Q?hi+2D0-?=\r\n"
+        b"Content-Type: multipart/mixed; boundary=XX\r\n\r\n--XX\r\n"
+        b"Content-Type: text/plain; charset=utf-7\r\n\r\nbody +2D0-\r\n--XX\r\n"
+        b"Content-Type: application/pdf; name==?utf-7?Q?f+2D0-.pdf?=\r\n"
+        b"Content-Transfer-Encoding: base64\r\n\r\nJVBERg==\r\n--XX--\r\n"
+    )
+    parsed = parse_message(raw)
+    assert (parsed.subject, parsed.text.strip()) == ("hi\ufffd", "body \ufffd")
+    assert [a.filename for a in parsed.attachments] == ["f\ufffd.pdf"]
 
 
 def test_recipients_include_envelope_headers():

@@ -600,7 +600,14 @@ def decode_header(value: str) -> str:
 
 
 def decode_bytes(data: bytes, declared: str | None) -> tuple[str, str | None]:
-    """Text from `data` in its declared charset, else a guess; returns (text, note or None)."""
+    """Text from `data` in its declared charset, else a guess; returns (text, note or None).
+
+    Never a lone surrogate (UTF-7 can decode to one, and no database stores it): U+FFFD."""
+    text, note = _decode_bytes(data, declared)
+    return _SURROGATES_RE.sub("\ufffd", text), note
+
+
+def _decode_bytes(data: bytes, declared: str | None) -> tuple[str, str | None]:
     label = (declared or "").strip().strip("\"'").lower()
     if label in ("", "us-ascii", "ascii"):
         try:
@@ -619,7 +626,7 @@ def decode_bytes(data: bytes, declared: str | None) -> tuple[str, str | None]:
     for candidate in candidates:
         try:
             return data.decode(candidate), None
-        except UnicodeDecodeError:
+        except UnicodeError:  # UnicodeDecodeError, or a codec's own refusal
             continue
     if codec == "utf-8":
         # The most common mislabel: a Windows client writing cp1252 under a utf-8 label.
@@ -628,7 +635,12 @@ def decode_bytes(data: bytes, declared: str | None) -> tuple[str, str | None]:
     try:
         return data.decode("utf-8"), f"declared {label[:40]!r} but was utf-8"
     except UnicodeDecodeError:
+        pass
+    try:
         return data.decode(codec, errors="replace"), f"invalid {label[:40]} bytes replaced"
+    except UnicodeError:
+        text, guessed = _guess(data)
+        return text, f"charset {label[:40]!r} could not be read; read as {guessed}"
 
 
 def html_to_text(markup: str) -> str:
@@ -790,7 +802,9 @@ def _decode_word(encoding: str, text: str) -> bytes | None:
         return None
 
 
-_NOT_CHARSETS = frozenset(("punycode", "idna", "unicode-escape", "raw-unicode-escape"))
+_NOT_CHARSETS = frozenset(
+    ("punycode", "idna", "unicode-escape", "raw-unicode-escape", "undefined")
+)
 
 
 def _codec(label: str) -> str | None:
