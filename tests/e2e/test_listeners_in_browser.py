@@ -60,3 +60,16 @@ def test_admin_creates_a_listener_and_polls_it(
     expect(row).to_contain_text("3 waiting")
     expect(page.get_by_role("row", name="Legacy inbox")).to_contain_text("Last poll failed")
     screenshot("list")
+
+
+def test_enter_in_the_listener_form_saves_it(
+    sign_in, page, live_server, make_user, dovecot, mailbox_user, mailbox_account
+):
+    """The account's "Show its folders" comes first in the form; Enter still saves."""
+    admin = make_user("admin", email="admin@example.com")
+    mailbox_account(account_id="orders")
+    sign_in(admin.email)
+    page.goto(live_server.url + "/admin/listeners/new")
+    page.get_by_label("Name").fill("Orders")
+    page.get_by_label("Name").press("Enter")
+    expect(page.get_by_role("alert")).to_contain_text("Listener Orders saved.")
