@@ -6,9 +6,10 @@ import functools
 import logging
 from typing import Any
 
-from flask import Response, g, jsonify, request
+from flask import Response, current_app, g, jsonify, request
 from redis.exceptions import RedisError
 from sqlalchemy.exc import SQLAlchemyError
+from werkzeug.exceptions import RequestEntityTooLarge
 
 from webapp.api import bp
 from webapp.extensions import db
@@ -56,21 +57,39 @@ class _CutShort(Exception):
         )
 
 
+def _read_up_to(stream: Any, size: int) -> bytes:
+    """Up to `size` bytes of `stream`, fewer only at its end (a raw stream, such as a dechunked
+    body, may answer each read with one chunk)."""
+    parts: list[bytes] = []
+    left = size
+    while left > 0 and (part := stream.read(left)):
+        parts.append(part)
+        left -= len(part)
+    return b"".join(parts)
+
+
 def _read_limited(limit: int) -> bytes | None:
     """The request body, or None when it is larger than `limit` bytes.
 
     Raises _CutShort when it ended before its Content-Length, and RequestEntityTooLarge (413)
-    when a body sent without a length (chunked) goes past the server's upload limit: the
-    stream stops there without a word, so one more byte is asked for, which raises then.
+    when a body sent without a length (chunked) goes past the server's upload limit.
     """
     if request.content_length is not None and request.content_length > limit:
         return None
+    if request.content_length is None and "wsgi.input_terminated" in request.environ:
+        # Chunked, ended by the server: read against both limits here. The request's own
+        # stream stops at the upload limit without a word, and cannot tell a body of exactly
+        # that size from a longer one.
+        cap = current_app.config.get("MAX_CONTENT_LENGTH")
+        most = limit if cap is None else min(limit, cap)
+        raw = _read_up_to(request.input_stream, most + 1)
+        if cap is not None and len(raw) > cap:
+            raise RequestEntityTooLarge()
+        return None if len(raw) > limit else raw
     raw = request.stream.read(limit + 1)
     if len(raw) > limit:
         return None
-    if request.content_length is None:
-        request.stream.read(1)
-    elif len(raw) < request.content_length:
+    if request.content_length is not None and len(raw) < request.content_length:
         raise _CutShort(len(raw), request.content_length)
     return raw
 
