@@ -175,7 +175,7 @@ class Plan:
         if self.correlation:
             steps.append({"step": "correlation", "note": self.correlation})
         steps.extend({"step": "note", "note": note} for note in self.notes)
-        if self.not_kept:
+        if self.not_kept and self.action in (OPEN, JOIN, REOPEN):  # the case gets the others
             steps.append({"step": "attachments", "note": self.not_kept})
         steps.append({"step": "outcome", "note": self.summary})
         return steps
