@@ -39,8 +39,21 @@ def test_admin_releases_a_held_message_and_cancels_another(
     expect(page.get_by_role("alert").first).to_contain_text(
         f"Message {ids[1]} is being sent again."
     )
-    page.locator(f"#outbound-{ids[2]}").get_by_role("button", name="Cancel").click()
+    # Cancelling asks first: said no, nothing happens; said yes, the message is cancelled.
+    questions: list[str] = []
+
+    def answer(dialog, accept: bool) -> None:
+        questions.append(dialog.message)
+        dialog.accept() if accept else dialog.dismiss()
+
+    cancel = page.locator(f"#outbound-{ids[2]}").get_by_role("button", name="Cancel")
+    page.once("dialog", lambda dialog: answer(dialog, False))
+    cancel.click()
+    expect(page.locator(f"#outbound-{ids[2]}")).not_to_contain_text("Cancelled")
+    page.once("dialog", lambda dialog: answer(dialog, True))
+    cancel.click()
     expect(page.get_by_role("alert").first).to_contain_text(f"Message {ids[2]} is cancelled")
+    assert questions == ["Cancel this message? It will not be sent."] * 2
 
     assert run_worker(app, [OUTBOUND], burst=True) is True
     page.reload()
