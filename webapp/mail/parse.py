@@ -79,7 +79,6 @@ _SURROGATE_RE = re.compile("[\udc80-\udcff]")
 # What an encoded word can decode to that no address holds and not every database stores
 # (PostgreSQL refuses NUL; no driver encodes an unpaired surrogate): control characters, and
 # the surrogates standing for bytes that are not text in the word's charset.
-_NOT_IN_ADDRESS_RE = re.compile("[\x00-\x1f\x7f\ud800-\udfff]")
 _CONTROLS_RE = re.compile("[\x00-\x1f\x7f]")
 _SURROGATES_RE = re.compile("[\ud800-\udfff]")
 # The common From forms, which the strict parser would accept without defects: matching them
@@ -802,9 +801,7 @@ def _decode_word(encoding: str, text: str) -> bytes | None:
         return None
 
 
-_NOT_CHARSETS = frozenset(
-    ("punycode", "idna", "unicode-escape", "raw-unicode-escape", "undefined")
-)
+_NOT_CHARSETS = frozenset(("punycode", "idna", "unicode-escape", "raw-unicode-escape", "undefined"))
 
 
 def _codec(label: str) -> str | None:
@@ -1011,7 +1008,7 @@ def _usable(pairs: Iterable[tuple[str, str]]) -> tuple[tuple[str, str], ...]:
     return tuple(
         (" ".join(_SURROGATES_RE.sub("\ufffd", _CONTROLS_RE.sub(" ", name)).split()), address)
         for name, address in pairs
-        if not _NOT_IN_ADDRESS_RE.search(address)
+        if not (_CONTROLS_RE.search(address) or _SURROGATES_RE.search(address))
     )
 
 

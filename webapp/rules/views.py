@@ -91,7 +91,7 @@ def rules():
         listeners.setdefault(listener.rule_id or 0, []).append(listener.name)
     rules = service.all_rules()
     stale = {rule.id: names for rule in rules if (names := service.stale_mappings(rule))}
-    channels = {rule.id: names for rule in rules if (names := service.channels_using(rule.id))}
+    channels = service.channels_using()
     return render_template(
         "rules/index.html", rules=rules, listeners=listeners, channels=channels, stale=stale
     )

@@ -1035,11 +1035,14 @@ def _route(
         return None
     result.routing = [match.sentence for match in routed.matches]
     default = routed.first.route if routed.used_default and routed.first else None
-    case = thread.case if thread is not None else None
-    if case is not None and default is not None and default.target_kind in SET_ASIDE:
-        rule = _thread_rule(channel, case)
+    if (
+        thread is not None
+        and thread.case is not None
+        and default is not None
+        and (default.target_kind in SET_ASIDE)
+    ):
+        rule = _thread_rule(channel, thread.case)
         if rule is not None:
-            assert thread is not None
             result.routing.append(
                 f"It answers a case ({thread.description}): it goes to {rule.name} rather than "
                 "the default route."

@@ -288,7 +288,7 @@ def delete_rule(rule: ServiceEmailRule) -> None:
         raise RuleError(
             still_used("listener", names, ("uses", "use"), "this rule", "change {them} first")
         )
-    channels = channels_using(rule.id)
+    channels = channels_using(rule.id).get(rule.id, [])
     if channels:
         raise RuleError(
             still_used(
@@ -303,11 +303,19 @@ def delete_rule(rule: ServiceEmailRule) -> None:
     db.session.flush()
 
 
-def channels_using(rule_id: int) -> list[str]:
-    """The names of the email channels with a route, or the default route, to the rule."""
-    by_route = select(EmailChannel.name).join(ChannelRoute).where(ChannelRoute.rule_id == rule_id)
-    by_default = select(EmailChannel.name).where(EmailChannel.default_rule_id == rule_id)
-    return sorted(set(db.session.scalars(by_route.union(by_default))))
+def channels_using(rule_id: int | None = None) -> dict[int, list[str]]:
+    """By rule id, the names of the email channels with a route, or the default route, to it
+    (to `rule_id` only, when given), in one query."""
+    by_route = select(ChannelRoute.rule_id, EmailChannel.name).join(EmailChannel)
+    by_default = select(EmailChannel.default_rule_id, EmailChannel.name)
+    if rule_id is not None:
+        by_route = by_route.where(ChannelRoute.rule_id == rule_id)
+        by_default = by_default.where(EmailChannel.default_rule_id == rule_id)
+    found: dict[int, set[str]] = {}
+    for used, name in db.session.execute(by_route.union(by_default)):
+        if used is not None:
+            found.setdefault(used, set()).add(name)
+    return {used: sorted(names) for used, names in found.items()}
 
 
 def stale_mappings(rule: ServiceEmailRule) -> list[str]:
